@@ -1,0 +1,66 @@
+# trove-image-assembler. `make setup` then `make test`; see README.md.
+SHELL := /bin/bash
+PYTHON := /usr/bin/python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Host packages: libguestfs and its Python bindings (Debian's only), a kernel for the appliance,
+# QEMU and qemu-img, debootstrap for base images, socat for the boot tests' forwards,
+# xorriso for config drives and seeds, openssl for password hashes, gnupg for signatures.
+APT_PACKAGES := libguestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
+	debootstrap socat xorriso openssl gnupg python3-venv ca-certificates
+
+# `make image` options, passed on only when set (trovestack's defaults otherwise).
+GUEST_OS ?=
+RELEASE ?=
+DEV_MODE ?=
+GUEST_USERNAME ?=
+OUTPUT ?=
+FORMAT ?=
+BASE ?=
+SIZE ?=
+MIRROR ?=
+IMAGE_ARGS = $(if $(GUEST_OS),--guest-os $(GUEST_OS)) $(if $(RELEASE),--release $(RELEASE)) \
+	$(if $(filter true,$(DEV_MODE)),--dev-mode) $(if $(filter false,$(DEV_MODE)),--no-dev-mode) \
+	$(if $(GUEST_USERNAME),--guest-username $(GUEST_USERNAME)) $(if $(OUTPUT),-o $(OUTPUT)) \
+	$(if $(FORMAT),--format $(FORMAT)) $(if $(BASE),--base $(BASE)) $(if $(SIZE),--size $(SIZE)) \
+	$(if $(MIRROR),--mirror $(MIRROR))
+
+.PHONY: setup apt-packages venv test unit lint image clean
+
+setup: apt-packages venv
+
+apt-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "host packages: all present"; fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(VPY) ] || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -c 'import guestfs' || { echo "python3-guestfs is not visible in $(VENV)"; exit 1; }
+	touch $@
+
+lint:
+	$(VENV)/bin/ruff check assembler tests benchmarks
+	$(VENV)/bin/ruff format --check assembler tests benchmarks
+	$(VENV)/bin/mypy
+
+unit:
+	$(VENV)/bin/pytest tests/unit
+
+test: lint
+	$(VENV)/bin/pytest
+
+image:
+	$(VPY) -m assembler $(IMAGE_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

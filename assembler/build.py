@@ -1,0 +1,170 @@
+"""A Trove guest image, step by step. This list IS the description of what an image contains."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from assembler import accel as accel_mod
+from assembler.config import BuildConfig
+from assembler.convert import convert, image_info
+from assembler.errors import AssemblerError, BuildError, UsageError
+from assembler.formats import FORMATS
+from assembler.guest import appliance
+from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
+from assembler.paths import cache_dir
+from assembler.run import run
+from assembler.steps import apt, cloudinit, disk, docker, hygiene, packages, trove, user
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[Any, BuildConfig], None]
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("grow-root", disk.grow_root),
+    ("mount", disk.mount_root),
+    ("apt-prepare", apt.prepare),
+    ("docker-repo", docker.add_docker_repo),
+    ("packages", packages.install),
+    ("guest-user", user.create_guest_user),
+    ("sudoers", user.sudoers),
+    ("docker", docker.enable),
+    ("root-password", user.root_password),
+    ("cloud-init-datasources", cloudinit.datasources),
+    ("cloud-init-user", cloudinit.default_user),
+    ("cloud-init-etc-hosts", cloudinit.etc_hosts),
+    ("trove-directories", trove.directories),
+    ("apt-cleanup", apt.cleanup),
+    ("hygiene", hygiene.clean),
+    ("trim", disk.trim),
+)
+
+# Base formats qemu-img reports for something that is really a disk image.
+DISK_FORMATS = {"qcow2", "raw", "vmdk", "vpc", "vhdx"}
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    path: Path
+    format: str
+    virtual_size: int
+
+
+def check_base(path: Path | None) -> BaseImage:
+    if path is None:
+        raise UsageError("no base image: pass --base PATH (a local cloud image)")
+    if not path.is_file():
+        raise UsageError(f"base image {path} does not exist")
+    try:
+        info = image_info(path)
+    except AssemblerError as exc:
+        raise UsageError(f"base image {path} is not readable as a disk image: {exc}") from exc
+    fmt = str(info.get("format"))
+    size = int(info.get("virtual-size", 0))  # type: ignore[call-overload]
+    if fmt not in DISK_FORMATS or (fmt == "raw" and not _has_partition_table(path)):
+        raise UsageError(f"base image {path} is not a disk image (qemu-img sees {fmt})")
+    if info.get("backing-filename"):
+        raise UsageError(f"base image {path} has a backing file; flatten it with qemu-img convert")
+    return BaseImage(path, fmt, size)
+
+
+def _has_partition_table(path: Path) -> bool:
+    """A raw file is anything; a disk image has an MBR signature (GPT keeps a protective MBR)."""
+    with path.open("rb") as f:
+        sector = f.read(512)
+    return len(sector) == 512 and sector[510:512] == b"\x55\xaa"
+
+
+def check_output(output: Path) -> None:
+    parent = output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output directory {parent}: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {parent} is not writable")
+    if output.is_dir():
+        raise UsageError(f"output {output} is a directory")
+
+
+def run_steps(g: Any, cfg: BuildConfig, manifest: Manifest) -> None:
+    for name, step in STEPS:
+        log.info("step %s", name)
+        started = time.monotonic()
+        try:
+            step(g, cfg)
+        except AssemblerError:
+            raise
+        except RuntimeError as exc:  # guestfs reports every failed call as RuntimeError
+            raise BuildError(name, str(exc).strip().splitlines()[-1]) from exc
+        seconds = time.monotonic() - started
+        manifest.steps.append(StepRecord(name, seconds))
+        log.info("step %s done in %.1f s", name, seconds)
+
+
+def build(cfg: BuildConfig) -> Manifest:
+    """Build the image described by cfg at cfg.output, with its manifest beside it."""
+    base = check_base(cfg.base)
+    check_output(cfg.output)
+    if cfg.size_bytes < base.virtual_size:
+        raise UsageError(
+            f"--size {cfg.size_bytes} bytes is smaller than the base image's "
+            f"{base.virtual_size} bytes"
+        )
+    chosen_accel = accel_mod.resolve(cfg.accel)
+    manifest = Manifest(
+        inputs=_inputs(cfg, chosen_accel),
+        base={
+            "path": str(base.path),
+            "format": base.format,
+            "virtual_size": base.virtual_size,
+            "sha256": sha256_file(base.path),
+        },
+    )
+    workroot = cache_dir() / "work"
+    workroot.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=workroot) as work:
+        # The base is never written: every change lands in an overlay backed by it.
+        overlay = Path(work) / "image.qcow2"
+        run([
+            "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
+            "-F", base.format, "-b", base.path, overlay, str(cfg.size_bytes),
+        ])  # fmt: skip
+        started = time.monotonic()
+        with appliance([(overlay, "qcow2")], accel=chosen_accel, network=True) as g:
+            manifest.steps.append(StepRecord("launch", time.monotonic() - started))
+            run_steps(g, cfg, manifest)
+            manifest.packages = packages.installed(g)
+        log.info("converting to %s", cfg.image_format)
+        started = time.monotonic()
+        convert(overlay, cfg.image_format, cfg.output)
+        manifest.steps.append(StepRecord("convert", time.monotonic() - started))
+    info = image_info(cfg.output)
+    manifest.output = {
+        "path": str(cfg.output),
+        "format": str(cfg.image_format),
+        "glance_disk_format": FORMATS[cfg.image_format].glance_disk_format,
+        "virtual_size": info.get("virtual-size"),
+        "size": cfg.output.stat().st_size,
+        "sha256": sha256_file(cfg.output),
+        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    write_atomically(manifest_path(cfg.output), manifest.to_json())
+    return manifest
+
+
+def _inputs(cfg: BuildConfig, chosen_accel: accel_mod.Accel) -> dict[str, Any]:
+    inputs = asdict(cfg)
+    inputs.pop("root_password_hash")
+    inputs["release"] = cfg.release.codename
+    inputs["guest_os"] = str(cfg.guest_os)
+    inputs["root_password"] = cfg.root_password_hash is not None
+    inputs["accel"] = str(chosen_accel)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(inputs.items())}

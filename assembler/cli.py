@@ -1,0 +1,179 @@
+"""Command line: `assembler [build] ...`, `assembler base ...`. Errors become one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+from assembler import __version__
+from assembler.accel import Accel
+from assembler.config import (
+    DEFAULT_DATASOURCES,
+    DEFAULT_SIZE,
+    BuildConfig,
+    BuildOptions,
+    DockerSource,
+    make_config,
+    parse_bool,
+    parse_mirror,
+    resolve_release,
+)
+from assembler.distros import RELEASES, GuestOS
+from assembler.errors import EXIT_INTERRUPTED, EXIT_OK, AssemblerError, UsageError
+from assembler.formats import FORMATS, ImageFormat
+
+log = logging.getLogger("assembler")
+COMMANDS = ("build", "base")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as our one-line UsageError instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--debug", action="store_true", help="log every command; tracebacks")
+    p.add_argument("--accel", choices=list(Accel), help="auto (probe KVM), kvm or tcg")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="assembler", description="Build OpenStack Trove guest images.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    b = sub.add_parser("build", help="build a Trove guest image (the default command)")
+    b.add_argument("pos_guest_os", nargs="?", metavar="guest_os")
+    b.add_argument("pos_release", nargs="?", metavar="release")
+    b.add_argument("pos_dev_mode", nargs="?", metavar="dev_mode")
+    b.add_argument("pos_guest_username", nargs="?", metavar="guest_username")
+    b.add_argument("pos_output", nargs="?", metavar="output_image_path")
+    b.add_argument("--guest-os", choices=list(GuestOS))
+    b.add_argument("--release", choices=sorted(RELEASES))
+    b.add_argument("--dev-mode", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--guest-username")
+    b.add_argument("-o", "--output")
+    b.add_argument("--format", dest="image_format", choices=list(ImageFormat))
+    b.add_argument("--base", help="a local base cloud image")
+    b.add_argument("--size", help=f"disk size (default {DEFAULT_SIZE}, or GUEST_IMAGESIZE)")
+    b.add_argument(
+        "--datasources", help=f'cloud-init datasources (default "{DEFAULT_DATASOURCES}")'
+    )
+    b.add_argument("--mirror", help="guest package archive URL for the build")
+    b.add_argument("--docker-source", choices=list(DockerSource))
+    _common(b)
+
+    base = sub.add_parser("base", help="build a base cloud image from a package archive")
+    base.add_argument("guest_os", choices=list(GuestOS))
+    base.add_argument("release", choices=sorted(RELEASES))
+    base.add_argument("-o", "--output", help="where to copy it (default: print the cached path)")
+    base.add_argument("--mirror", help="package archive URL (default: the distro's)")
+    _common(base)
+    return parser
+
+
+def _merge(option: str | None, positional: str | None, name: str) -> str | None:
+    if option is not None and positional is not None and option != positional:
+        raise UsageError(f"{name} given twice: {positional!r} and {option!r}")
+    return option if option is not None else positional
+
+
+def build_options(ns: argparse.Namespace) -> BuildOptions:
+    dev_mode = ns.dev_mode
+    if ns.pos_dev_mode is not None:
+        pos = parse_bool(ns.pos_dev_mode, "dev_mode")
+        if dev_mode is not None and dev_mode != pos:
+            raise UsageError("dev_mode given twice with different values")
+        dev_mode = pos
+    return BuildOptions(
+        guest_os=_merge(ns.guest_os, ns.pos_guest_os, "guest_os"),
+        release=_merge(ns.release, ns.pos_release, "release"),
+        dev_mode=dev_mode,
+        guest_username=_merge(ns.guest_username, ns.pos_guest_username, "guest_username"),
+        output=_merge(ns.output, ns.pos_output, "output"),
+        image_format=ns.image_format,
+        base=ns.base,
+        size=ns.size,
+        datasources=ns.datasources,
+        mirror=ns.mirror,
+        docker_source=ns.docker_source,
+        accel=ns.accel,
+    )
+
+
+def cmd_build(ns: argparse.Namespace) -> int:
+    from assembler.build import build
+
+    cfg: BuildConfig = make_config(build_options(ns), os.environ)
+    manifest = build(cfg)
+    out = manifest.output
+    print(f"image: {out['path']} ({out['format']}, {out['size']} bytes)")
+    print(f"manifest: {out['path']}.manifest.json")
+    print(
+        "register it: openstack image create trove-guest-"
+        f"{cfg.guest_os}-{cfg.release.codename} --private "
+        f"--disk-format {FORMATS[cfg.image_format].glance_disk_format} "
+        f"--container-format bare --tag trove --file {out['path']}"
+    )
+    return EXIT_OK
+
+
+def cmd_base(ns: argparse.Namespace) -> int:
+    from assembler import accel
+    from assembler.base import BaseSpec, cached_base
+
+    release = resolve_release(ns.guest_os, ns.release)
+    spec = BaseSpec(release=release, mirror=parse_mirror(ns.mirror))
+    requested = Accel(ns.accel or os.environ.get("ASSEMBLER_ACCEL") or Accel.AUTO)
+    path = cached_base(spec, accel.resolve(requested))
+    if ns.output:
+        out = Path(ns.output).expanduser().absolute()
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        path = out
+    print(path)
+    return EXIT_OK
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Build is the default command: `assembler --format raw` means `assembler build --format raw`.
+    if not args or args[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        args.insert(0, "build")
+    debug = "-v" in args or "--debug" in args
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s" if debug else "%(message)s",
+        stream=sys.stderr,
+    )
+    # A killed build must unwind like an interrupted one: finally blocks remove partial files.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        ns = _parser().parse_args(args)
+        handler = {"build": cmd_build, "base": cmd_base}[ns.command]
+        return handler(ns)
+    except AssemblerError as exc:
+        if debug:
+            log.exception("failed")
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,212 @@
+"""The one frozen BuildConfig, made from CLI options, trovestack's environment and defaults.
+
+Nothing else in the project reads argv or the environment.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from assembler.accel import Accel
+from assembler.distros import DEFAULT_RELEASE, RELEASES, GuestOS, Release, release_for
+from assembler.errors import UsageError
+from assembler.formats import ImageFormat, choose_format
+from assembler.secrets import hash_password
+
+GIB = 1024**3
+
+
+class DockerSource(StrEnum):
+    ARCHIVE = "archive"  # the guest archive's docker.io: works with any apt mirror
+    DOCKER_CE = "docker-ce"  # Docker's own repository, as trovestack's ubuntu-docker element
+
+
+class EtcHosts(StrEnum):
+    """cloud-init's manage_etc_hosts values, as DIB_CLOUD_INIT_ETC_HOSTS takes them."""
+
+    LOCALHOST = "localhost"
+    TEMPLATE = "template"
+    TRUE = "true"
+    FALSE = "false"
+
+
+# cloud-init's datasource names (cloudinit/sources); a typo would silently disable instance data.
+KNOWN_DATASOURCES = frozenset(
+    (
+        "NoCloud", "ConfigDrive", "OpenStack", "OpenNebula", "DigitalOcean", "Azure", "AltCloud",
+        "OVF", "MAAS", "GCE", "CloudStack", "Ec2", "CloudSigma", "SmartOS", "Bigstep", "Scaleway",
+        "AliYun", "Oracle", "Exoscale", "RbxCloud", "UpCloud", "IBMCloud", "Vultr", "LXD", "NWCS",
+        "Akamai", "VMware", "Hetzner", "WSL", "CloudCIX", "None",
+    )
+)  # fmt: skip
+DEFAULT_DATASOURCES = "ConfigDrive, OpenStack"
+DEFAULT_SIZE = "5G"  # trovestack's GUEST_IMAGESIZE
+USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    release: Release
+    dev_mode: bool
+    guest_username: str
+    output: Path
+    image_format: ImageFormat
+    base: Path | None
+    size_bytes: int
+    datasources: tuple[str, ...]
+    etc_hosts: EtcHosts
+    host_scp_username: str
+    mirror: str | None
+    docker_source: DockerSource
+    accel: Accel
+    root_password_hash: str | None = field(default=None, repr=False)
+
+    @property
+    def guest_os(self) -> GuestOS:
+        return self.release.distro.name
+
+
+def parse_size(text: str) -> int:
+    """'5G', '5', '5120M', '10GiB' -> bytes; a bare number is GB, as GUEST_IMAGESIZE."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UsageError(f"cannot read size {text!r}: use e.g. 5G or 5120M")
+    number, unit = int(m.group(1)), (m.group(2) or "G").upper()
+    size: int = number * 1024 ** ("KMGT".index(unit) + 1)
+    if size <= 0:
+        raise UsageError(f"size {text!r} must be positive")
+    return size
+
+
+def parse_datasources(text: str) -> tuple[str, ...]:
+    """DIB_CLOUD_INIT_DATASOURCES semantics: a comma-separated list of cloud-init datasources."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise UsageError("the datasource list is empty")
+    by_lower = {k.lower(): k for k in KNOWN_DATASOURCES}
+    canonical = []
+    for name in names:
+        if name.lower() not in by_lower:
+            raise UsageError(f"unknown cloud-init datasource {name!r}")
+        canonical.append(by_lower[name.lower()])
+    if len(set(canonical)) != len(canonical):
+        raise UsageError(f"datasource listed twice in {text!r}")
+    return tuple(canonical)
+
+
+def parse_bool(text: str, what: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise UsageError(f"{what} must be true or false, not {text!r}")
+
+
+def default_output(release: Release, dev_mode: bool, fmt: ImageFormat) -> Path:
+    """trovestack's $HOME/images/trove-guest-<os>-<release>[-dev].<ext>."""
+    suffix = "-dev" if dev_mode else ""
+    ext = {ImageFormat.RAW: "raw"}.get(fmt, str(fmt))
+    name = f"trove-guest-{release.distro.name}-{release.codename}{suffix}.{ext}"
+    return Path.home() / "images" / name
+
+
+@dataclass
+class BuildOptions:
+    """What the CLI parsed; None means 'not given' so the environment and defaults apply."""
+
+    guest_os: str | None = None
+    release: str | None = None
+    dev_mode: bool | None = None
+    guest_username: str | None = None
+    output: str | None = None
+    image_format: str | None = None
+    base: str | None = None
+    size: str | None = None
+    datasources: str | None = None
+    mirror: str | None = None
+    docker_source: str | None = None
+    accel: str | None = None
+
+
+def resolve_release(guest_os: str | None, release: str | None) -> Release:
+    try:
+        os_ = GuestOS((guest_os or GuestOS.UBUNTU).lower())
+    except ValueError:
+        raise UsageError(
+            f"unknown guest OS {guest_os!r}; choose one of {', '.join(GuestOS)}"
+        ) from None
+    codename = (release or DEFAULT_RELEASE[os_]).lower()
+    rel = release_for(os_, codename)
+    if rel is None:
+        known = ", ".join(r.codename for r in RELEASES.values() if r.distro.name == os_)
+        raise UsageError(f"unknown release {codename!r} for {os_}; choose one of {known}")
+    return rel
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(cls: type[E], value: str, what: str) -> E:
+    try:
+        return cls(value.lower())
+    except ValueError:
+        raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(cls)}") from None
+
+
+def parse_mirror(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not re.match(r"^(https?|file)://\S+$", url):
+        raise UsageError(f"--mirror must be an http(s):// or file:// URL, not {url!r}")
+    return url.rstrip("/")
+
+
+def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
+    """Validate everything at the edge and freeze it."""
+    if env.get("DIB_TROVE_DOCKER_IMAGES"):
+        raise UsageError(
+            "DIB_TROVE_DOCKER_IMAGES (datastore images embedded in the image) is not supported "
+            "yet; unset it and let the guest pull its images at launch"
+        )
+    release = resolve_release(opts.guest_os, opts.release)
+    dev_mode = True if opts.dev_mode is None else opts.dev_mode
+    # trovestack's default guest user is "ubuntu" whatever the OS.
+    username = opts.guest_username or "ubuntu"
+    if not USERNAME_RE.match(username):
+        raise UsageError(f"invalid guest username {username!r}")
+    explicit_output = Path(opts.output).expanduser() if opts.output else None
+    fmt = choose_format(opts.image_format, explicit_output)
+    output = explicit_output or default_output(release, dev_mode, fmt)
+    output = output.absolute()
+    size_text = opts.size or env.get("GUEST_IMAGESIZE") or DEFAULT_SIZE
+    datasources = parse_datasources(
+        opts.datasources or env.get("DIB_CLOUD_INIT_DATASOURCES") or DEFAULT_DATASOURCES
+    )
+    etc_hosts_text = env.get("DIB_CLOUD_INIT_ETC_HOSTS") or EtcHosts.LOCALHOST
+    etc_hosts = _enum(EtcHosts, etc_hosts_text, "DIB_CLOUD_INIT_ETC_HOSTS value")
+    accel_text = opts.accel or env.get("ASSEMBLER_ACCEL") or Accel.AUTO
+    root_password = env.get("TROVE_ROOT_PASSWORD")
+    root_hash = hash_password(root_password) if root_password else None
+    return BuildConfig(
+        release=release,
+        dev_mode=dev_mode,
+        guest_username=username,
+        output=output,
+        image_format=fmt,
+        base=Path(opts.base).expanduser().absolute() if opts.base else None,
+        size_bytes=parse_size(size_text),
+        datasources=datasources,
+        etc_hosts=etc_hosts,
+        host_scp_username=env.get("HOST_SCP_USERNAME") or getpass.getuser(),
+        mirror=parse_mirror(opts.mirror),
+        docker_source=_enum(DockerSource, opts.docker_source or "archive", "docker source"),
+        accel=_enum(Accel, str(accel_text), "accelerator"),
+        root_password_hash=root_hash,
+    )

@@ -1,0 +1,38 @@
+"""Write the finished disk in the asked format with qemu-img, atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from assembler.formats import FORMATS, ImageFormat
+from assembler.run import run
+
+
+def image_info(path: Path) -> dict[str, object]:
+    """qemu-img's view of a file (format, virtual size), without following backing files."""
+    out = run(["qemu-img", "info", "--output=json", path])
+    info = json.loads(out)
+    assert isinstance(info, dict)
+    return info
+
+
+def convert(source: Path, fmt: ImageFormat, output: Path) -> None:
+    """Convert `source` (qcow2, maybe with backing chain) to `output`; never a partial file.
+
+    The temporary file sits next to the output so the final rename is atomic on one filesystem.
+    """
+    info = FORMATS[fmt]
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    argv: list[str | Path] = ["qemu-img", "convert", "-q", "-O", info.qemu_driver, "-m", "4"]
+    if info.qemu_options:
+        argv += ["-o", ",".join(info.qemu_options)]
+    if info.out_of_order:
+        argv.append("-W")
+    argv += [source, tmp]
+    try:
+        run(argv)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,53 @@
+"""Docker: the database runs as a container, so the guest needs a daemon enabled at boot."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+from assembler.config import BuildConfig
+from assembler.distros import Release
+from assembler.errors import BuildError
+from assembler.guest import sh, write
+from assembler.packages import DOCKER
+from assembler.steps import apt
+
+DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
+DOCKER_LIST = "/etc/apt/sources.list.d/docker.list"
+
+
+def docker_ce_source(release: Release, arch: str = "amd64") -> str:
+    """The apt source line for Docker's repository, pinned to its own signing key."""
+    repo = release.distro.docker_ce_repo
+    return f"deb [arch={arch} signed-by={DOCKER_KEYRING}] {repo} {release.codename} stable\n"
+
+
+def fetch_docker_key(release: Release, timeout: float = 30.0) -> bytes:
+    """Docker's apt signing key, fetched by the host (the appliance has no usable TLS here)."""
+    url = release.distro.docker_ce_key_url
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            key = bytes(resp.read())
+    except OSError as exc:
+        raise BuildError("docker", f"cannot fetch Docker's signing key from {url}: {exc}") from exc
+    if b"BEGIN PGP PUBLIC KEY BLOCK" not in key:
+        raise BuildError("docker", f"{url} did not return an OpenPGP key")
+    return key
+
+
+def add_docker_repo(g: Any, cfg: BuildConfig) -> None:
+    """Docker's repository goes into the guest for good (its updates come from there) and into
+    the build's own source list."""
+    if not DOCKER[cfg.docker_source].needs_docker_repo:
+        return
+    write(g, DOCKER_KEYRING, fetch_docker_key(cfg.release))
+    line = docker_ce_source(cfg.release)
+    write(g, DOCKER_LIST, line)
+    write(g, f"{apt.WORK}/sources.list.d/docker.list", line)
+    apt.apt_get(g, "docker", "update")
+
+
+def enable(g: Any, cfg: BuildConfig) -> None:
+    units = " ".join(DOCKER[cfg.docker_source].units)
+    sh(g, "docker", f"systemctl enable {units}")
+    sh(g, "docker", f"usermod -aG docker {cfg.guest_username}")
