@@ -16,6 +16,7 @@ from assembler import accel as accel_mod
 from assembler.config import BuildConfig
 from assembler.convert import convert, image_info
 from assembler.errors import AssemblerError, BuildError, UsageError
+from assembler.fetch import resolve_base
 from assembler.formats import FORMATS
 from assembler.guest import appliance
 from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
@@ -57,9 +58,7 @@ class BaseImage:
     virtual_size: int
 
 
-def check_base(path: Path | None) -> BaseImage:
-    if path is None:
-        raise UsageError("no base image: pass --base PATH (a local cloud image)")
+def check_base(path: Path) -> BaseImage:
     if not path.is_file():
         raise UsageError(f"base image {path} does not exist")
     try:
@@ -111,8 +110,11 @@ def run_steps(g: Any, cfg: BuildConfig, manifest: Manifest) -> None:
 
 def build(cfg: BuildConfig) -> Manifest:
     """Build the image described by cfg at cfg.output, with its manifest beside it."""
-    base = check_base(cfg.base)
     check_output(cfg.output)
+    fetched = resolve_base(
+        cfg.release, cfg.base, cfg.base_sha256, cfg.base_url, cfg.signing_key, cfg.refresh
+    )
+    base = check_base(fetched.path)
     if cfg.size_bytes < base.virtual_size:
         raise UsageError(
             f"--size {cfg.size_bytes} bytes is smaller than the base image's "
@@ -122,10 +124,12 @@ def build(cfg: BuildConfig) -> Manifest:
     manifest = Manifest(
         inputs=_inputs(cfg, chosen_accel),
         base={
-            "path": str(base.path),
+            **fetched.manifest(),
             "format": base.format,
             "virtual_size": base.virtual_size,
-            "sha256": sha256_file(base.path),
+            # Published images are verified with the publisher's algorithm; sha256 is what
+            # everything downstream (Glance, our caches) compares.
+            "sha256": fetched.sha256 or sha256_file(base.path),
         },
     )
     workroot = cache_dir() / "work"

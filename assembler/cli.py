@@ -31,7 +31,7 @@ from assembler.errors import EXIT_INTERRUPTED, EXIT_OK, AssemblerError, UsageErr
 from assembler.formats import FORMATS, ImageFormat
 
 log = logging.getLogger("assembler")
-COMMANDS = ("build", "base")
+COMMANDS = ("build", "base", "fetch")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +44,15 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--debug", action="store_true", help="log every command; tracebacks")
     p.add_argument("--accel", choices=list(Accel), help="auto (probe KVM), kvm or tcg")
+
+
+def _base_source(p: argparse.ArgumentParser) -> None:
+    """Where the base image comes from, for `build` and `fetch`."""
+    p.add_argument("--base", help="your own base image: PATH, file:// or http(s):// URL")
+    p.add_argument("--sha256", help="checksum of a remote --base")
+    p.add_argument("--base-url", help="a mirror laid out like the publisher's image site")
+    p.add_argument("--signing-key", help="OpenPGP key trusted instead of the publisher's")
+    p.add_argument("--refresh", action="store_true", help="re-check the published checksums")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--guest-username")
     b.add_argument("-o", "--output")
     b.add_argument("--format", dest="image_format", choices=list(ImageFormat))
-    b.add_argument("--base", help="a local base cloud image")
+    _base_source(b)
     b.add_argument("--size", help=f"disk size (default {DEFAULT_SIZE}, or GUEST_IMAGESIZE)")
     b.add_argument(
         "--datasources", help=f'cloud-init datasources (default "{DEFAULT_DATASOURCES}")'
@@ -78,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("-o", "--output", help="where to copy it (default: print the cached path)")
     base.add_argument("--mirror", help="package archive URL (default: the distro's)")
     _common(base)
+
+    f = sub.add_parser("fetch", help="download and verify the base image; print its path")
+    f.add_argument("--guest-os", choices=list(GuestOS))
+    f.add_argument("--release", choices=sorted(RELEASES))
+    _base_source(f)
+    f.add_argument("-v", "--debug", action="store_true", help="log every request; tracebacks")
     return parser
 
 
@@ -102,6 +117,10 @@ def build_options(ns: argparse.Namespace) -> BuildOptions:
         output=_merge(ns.output, ns.pos_output, "output"),
         image_format=ns.image_format,
         base=ns.base,
+        sha256=ns.sha256,
+        base_url=ns.base_url,
+        signing_key=ns.signing_key,
+        refresh=ns.refresh,
         size=ns.size,
         datasources=ns.datasources,
         mirror=ns.mirror,
@@ -148,6 +167,16 @@ def cmd_base(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fetch(ns: argparse.Namespace) -> int:
+    from assembler.fetch import resolve_base
+
+    key = Path(ns.signing_key).expanduser() if ns.signing_key else None
+    release = resolve_release(ns.guest_os, ns.release)
+    fetched = resolve_base(release, ns.base, ns.sha256, ns.base_url, key, ns.refresh)
+    print(fetched.path)
+    return EXIT_OK
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -167,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         ns = _parser().parse_args(args)
-        handler = {"build": cmd_build, "base": cmd_base}[ns.command]
+        handler = {"build": cmd_build, "base": cmd_base, "fetch": cmd_fetch}[ns.command]
         return handler(ns)
     except AssemblerError as exc:
         if debug:

@@ -57,7 +57,13 @@ class BuildConfig:
     guest_username: str
     output: Path
     image_format: ImageFormat
-    base: Path | None
+    # The base: a local path or URL of the operator's (base), else the release's published image
+    # (from base_url when given), verified with signing_key instead of the pinned key if given.
+    base: str | None
+    base_sha256: str | None
+    base_url: str | None
+    signing_key: Path | None
+    refresh: bool
     size_bytes: int
     datasources: tuple[str, ...]
     etc_hosts: EtcHosts
@@ -128,6 +134,10 @@ class BuildOptions:
     output: str | None = None
     image_format: str | None = None
     base: str | None = None
+    sha256: str | None = None
+    base_url: str | None = None
+    signing_key: str | None = None
+    refresh: bool = False
     size: str | None = None
     datasources: str | None = None
     mirror: str | None = None
@@ -168,6 +178,13 @@ def parse_mirror(url: str | None) -> str | None:
     return url.rstrip("/")
 
 
+def _local_or_url(base: str | None) -> str | None:
+    """A local path made absolute (the build runs elsewhere); URLs pass as they are."""
+    if base is None or "://" in base:
+        return base
+    return str(Path(base).expanduser().absolute())
+
+
 def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
     """Validate everything at the edge and freeze it."""
     if env.get("DIB_TROVE_DOCKER_IMAGES"):
@@ -200,7 +217,11 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
         guest_username=username,
         output=output,
         image_format=fmt,
-        base=Path(opts.base).expanduser().absolute() if opts.base else None,
+        base=_local_or_url(opts.base),
+        base_sha256=opts.sha256,
+        base_url=opts.base_url,
+        signing_key=Path(opts.signing_key).expanduser().absolute() if opts.signing_key else None,
+        refresh=opts.refresh,
         size_bytes=parse_size(size_text),
         datasources=datasources,
         etc_hosts=etc_hosts,

@@ -38,3 +38,7 @@ class BuildError(AssemblerError):
     def __init__(self, step: str, message: str) -> None:
         self.step = step
         super().__init__(f"step {step} failed: {message}")
+
+
+class DownloadError(AssemblerError):
+    """A base image could not be fetched or verified; nothing unverified is left in the cache."""
