@@ -21,11 +21,12 @@ FORMAT ?=
 BASE ?=
 SIZE ?=
 MIRROR ?=
+NO_BOOT_TEST ?=
 IMAGE_ARGS = $(if $(GUEST_OS),--guest-os $(GUEST_OS)) $(if $(RELEASE),--release $(RELEASE)) \
 	$(if $(filter true,$(DEV_MODE)),--dev-mode) $(if $(filter false,$(DEV_MODE)),--no-dev-mode) \
 	$(if $(GUEST_USERNAME),--guest-username $(GUEST_USERNAME)) $(if $(OUTPUT),-o $(OUTPUT)) \
 	$(if $(FORMAT),--format $(FORMAT)) $(if $(BASE),--base $(BASE)) $(if $(SIZE),--size $(SIZE)) \
-	$(if $(MIRROR),--mirror $(MIRROR))
+	$(if $(MIRROR),--mirror $(MIRROR)) $(if $(NO_BOOT_TEST),--no-boot-test,--boot-test)
 
 .PHONY: setup apt-packages venv test unit lint image clean
 

@@ -27,11 +27,17 @@ from assembler.config import (
     resolve_release,
 )
 from assembler.distros import RELEASES, GuestOS
-from assembler.errors import EXIT_INTERRUPTED, EXIT_OK, AssemblerError, UsageError
+from assembler.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    AssemblerError,
+    UsageError,
+)
 from assembler.formats import FORMATS, ImageFormat
 
 log = logging.getLogger("assembler")
-COMMANDS = ("build", "base", "fetch")
+COMMANDS = ("build", "base", "fetch", "boot-test")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--mirror", help="guest package archive URL for the build")
     b.add_argument("--docker-source", choices=list(DockerSource))
+    b.add_argument(
+        "--boot-test",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="boot the new image under QEMU and check it (`make image` does)",
+    )
     _common(b)
 
     base = sub.add_parser("base", help="build a base cloud image from a package archive")
@@ -93,6 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--release", choices=sorted(RELEASES))
     _base_source(f)
     f.add_argument("-v", "--debug", action="store_true", help="log every request; tracebacks")
+
+    t = sub.add_parser("boot-test", help="boot an image under QEMU as Nova would for Trove")
+    t.add_argument("image")
+    t.add_argument(
+        "--config-drive",
+        action="store_true",
+        help="instance data on a config drive (default: the metadata service)",
+    )
+    t.add_argument("--guest-username", help="default: the image's manifest, else ubuntu")
+    t.add_argument("--report", help="write the report as JSON here")
+    t.add_argument("--junit", help="write the report as JUnit XML here")
+    t.add_argument("--artifacts", help="where console logs and screendumps of a failure go")
+    t.add_argument("--timeout", type=float, help="seconds to wait for the guest's facts")
+    _common(t)
     return parser
 
 
@@ -137,6 +163,13 @@ def cmd_build(ns: argparse.Namespace) -> int:
     out = manifest.output
     print(f"image: {out['path']} ({out['format']}, {out['size']} bytes)")
     print(f"manifest: {out['path']}.manifest.json")
+    if ns.boot_test:
+        from assembler.boottest.harness import BootTestOptions, run_boot_test
+
+        report = run_boot_test(BootTestOptions(image=cfg.output, accel=cfg.accel))
+        print(report.table())
+        if not report.passed:
+            return EXIT_FAILED
     print(
         "register it: openstack image create trove-guest-"
         f"{cfg.guest_os}-{cfg.release.codename} --private "
@@ -177,6 +210,31 @@ def cmd_fetch(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_boot_test(ns: argparse.Namespace) -> int:
+    from assembler.boottest.harness import BootTestOptions, Mode, run_boot_test
+    from assembler.boottest.vm import Timeouts
+
+    timeouts = Timeouts(facts=ns.timeout) if ns.timeout else Timeouts()
+    report_path = Path(ns.report).absolute() if ns.report else None
+    opts = BootTestOptions(
+        image=Path(ns.image).expanduser().absolute(),
+        mode=Mode.CONFIG_DRIVE if ns.config_drive else Mode.METADATA,
+        accel=Accel(ns.accel or os.environ.get("ASSEMBLER_ACCEL") or Accel.AUTO),
+        guest_username=ns.guest_username,
+        artifacts=Path(ns.artifacts).absolute() if ns.artifacts else None,
+        timeouts=timeouts,
+    )
+    report = run_boot_test(opts, report_path)
+    print(report.table())
+    if report_path:
+        report.write_json(report_path)
+    if ns.junit:
+        report.write_junit(Path(ns.junit))
+    for name, path in report.artifacts.items():
+        print(f"kept {name}: {path}", file=sys.stderr)
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -196,7 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         ns = _parser().parse_args(args)
-        handler = {"build": cmd_build, "base": cmd_base, "fetch": cmd_fetch}[ns.command]
+        handler = {
+            "build": cmd_build,
+            "base": cmd_base,
+            "fetch": cmd_fetch,
+            "boot-test": cmd_boot_test,
+        }[ns.command]
         return handler(ns)
     except AssemblerError as exc:
         if debug:

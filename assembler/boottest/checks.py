@@ -1,0 +1,223 @@
+"""Judge the facts a booted guest reported, check by check, as Trove would need them.
+
+Check names are stable (README lists them). A check that could not be judged because another
+one failed says so in its detail, and names that check in `depends_on`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from assembler.boottest.instance import InjectedFile
+
+# Grown root: filesystem within this much of its disk (partition table, ext4 metadata).
+GROW_SLACK = 0.05
+
+
+class Status(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_APPLICABLE = "not-applicable"
+    NOT_RUN = "not-run"  # another check it depends on failed
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+    seconds: float = 0.0
+    depends_on: str | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False; None where the check does not apply to this image."""
+        if self.status is Status.NOT_APPLICABLE:
+            return None
+        return self.status is Status.PASSED
+
+
+@dataclass(frozen=True)
+class Expectations:
+    datasource: str  # "OpenStack" or "ConfigDrive"
+    guest_username: str
+    hostname: str
+    public_key: str
+    files: tuple[InjectedFile, ...]
+    declared_keys: tuple[str, ...] = ()  # private keys the image's manifest declares
+    has_agent: bool = False
+    boot_time_slack: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Verdict = tuple[bool, str]
+Judge = Callable[[dict[str, Any], Expectations], Verdict]
+
+
+def _datasource(f: dict[str, Any], e: Expectations) -> Verdict:
+    ds = str(f.get("cloud_init_result", {}).get("v1", {}).get("datasource") or "")
+    ok = f"DataSource{e.datasource}" in ds
+    return ok, f"cloud-init used {ds or 'no datasource'}; expected {e.datasource}"
+
+
+def _cloud_init(f: dict[str, Any], e: Expectations) -> Verdict:
+    v1 = f.get("cloud_init_result", {}).get("v1", {})
+    errors = v1.get("errors")
+    status = f.get("cloud_init_status", {})
+    done = "status: done" in status.get("out", "")
+    if errors is None:
+        return False, "no /run/cloud-init/result.json: cloud-init did not finish"
+    if errors or not done:
+        first = status.get("out", "").strip().splitlines()[:1]
+        return False, f"errors: {errors or first}"
+    return True, "finished without errors"
+
+
+def _hostname(f: dict[str, Any], e: Expectations) -> Verdict:
+    name = f.get("hostname", "")
+    return name == e.hostname, f"hostname {name!r}, metadata says {e.hostname!r}"
+
+
+def _default_user(f: dict[str, Any], e: Expectations) -> Verdict:
+    u = f.get("user", {})
+    name = e.guest_username
+    if not u.get("exists"):
+        return False, f"no user {name}"
+    problems = []
+    if "sudo" not in u.get("groups", []):
+        problems.append("not in group sudo")
+    if u.get("sudo", {}).get("rc") != 0:
+        problems.append(f"passwordless sudo fails: {u.get('sudo', {}).get('out', '').strip()}")
+    key_body = e.public_key.split()[1] if len(e.public_key.split()) > 1 else e.public_key
+    if key_body not in u.get("authorized_keys", ""):
+        problems.append("the metadata key did not reach its authorized_keys")
+    if problems:
+        return False, f"{name}: " + "; ".join(problems)
+    return True, f"{name} got the metadata key and passwordless sudo"
+
+
+def _docker(f: dict[str, Any], e: Expectations) -> Verdict:
+    active, enabled = f.get("docker_active"), f.get("docker_enabled")
+    info = f.get("docker_info", {})
+    if active != "active":
+        return False, f"docker.service is {active} ({enabled})"
+    if info.get("rc") != 0:
+        return False, f"docker info failed: {info.get('out', '').strip()[:200]}"
+    return True, f"docker {info.get('out', '').strip()} active"
+
+
+def _injected(f: dict[str, Any], e: Expectations) -> Verdict:
+    seen = f.get("injected", {})
+    problems = []
+    for want in e.files:
+        got = seen.get(want.path, {})
+        if not got.get("exists"):
+            problems.append(f"{want.path} missing")
+            continue
+        owner = f"{got.get('owner')}:{got.get('group')}"
+        if owner != want.owner or got.get("mode") != want.mode:
+            problems.append(
+                f"{want.path} is {owner} {got.get('mode')}, not {want.owner} {want.mode}"
+            )
+        if got.get("sha256") != hashlib.sha256(want.content.encode()).hexdigest():
+            problems.append(f"{want.path} content differs")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"{len(e.files)} files with the right owner, mode and content"
+
+
+def _root_grown(f: dict[str, Any], e: Expectations) -> Verdict:
+    root = f.get("root", {})
+    fs, disk = root.get("fs_bytes"), root.get("disk_bytes")
+    if not fs or not disk:
+        return False, f"cannot size the root filesystem: {root}"
+    ok = fs >= disk * (1 - GROW_SLACK)
+    return ok, f"root filesystem {fs / 2**30:.2f} GiB on a {disk / 2**30:.2f} GiB disk"
+
+
+def _private_keys(f: dict[str, Any], e: Expectations) -> Verdict:
+    boot_time = float(f.get("boot_time", 0))
+    shipped = []
+    for k in f.get("private_keys", []):
+        path, mtime = k["path"], float(k["mtime"])
+        # sshd's host keys are made by the instance at first boot; older ones came in the image.
+        if path.startswith("/etc/ssh/ssh_host_") and mtime >= boot_time - e.boot_time_slack:
+            continue
+        if path in e.declared_keys:
+            continue
+        shipped.append(path)
+    if shipped:
+        return False, "undeclared private keys in the image: " + ", ".join(sorted(shipped))
+    declared = ", ".join(e.declared_keys) or "none"
+    return True, f"no private key but those declared ({declared})"
+
+
+def _build_secrets(f: dict[str, Any], e: Expectations) -> Verdict:
+    left = f.get("leftovers", [])
+    if left:
+        return False, "build-time leftovers: " + ", ".join(left)
+    return True, "no build-time files or secrets left"
+
+
+# (name, judge, depends_on). Order is the report's order.
+CHECKS: tuple[tuple[str, Judge, str | None], ...] = (
+    ("datasource", _datasource, "boot"),
+    ("cloud-init", _cloud_init, "datasource"),
+    ("hostname", _hostname, "datasource"),
+    ("default-user", _default_user, "datasource"),
+    ("injected-files", _injected, "datasource"),
+    ("docker", _docker, "boot"),
+    ("root-grown", _root_grown, "boot"),
+    ("private-keys", _private_keys, "boot"),
+    ("build-secrets", _build_secrets, "boot"),
+)
+CHECK_NAMES = ("boot", *(name for name, _, _ in CHECKS), "agent")
+
+
+def judge(
+    facts: dict[str, Any] | None,
+    expect: Expectations,
+    *,
+    booted: bool,
+    boot_detail: str,
+    no_facts_detail: str,
+) -> list[CheckResult]:
+    """Every check's result. Without facts (the gatherer arrives in user data, so no datasource
+    means no facts) `datasource` fails with what the console showed and the rest wait on it."""
+    seconds = (facts or {}).get("seconds", {})
+    results = [CheckResult("boot", Status.PASSED if booted else Status.FAILED, boot_detail)]
+    failed = {"boot"} if not booted else set()
+    for name, fn, depends in CHECKS:
+        if depends in failed or (facts is None and name != "datasource"):
+            blocker = depends if depends in failed else "datasource"
+            results.append(
+                CheckResult(name, Status.NOT_RUN, f"not checked: {blocker} failed", 0.0, blocker)
+            )
+            failed.add(name)
+            continue
+        if facts is None:
+            results.append(CheckResult(name, Status.FAILED, no_facts_detail))
+            failed.add(name)
+            continue
+        ok, detail = fn(facts, expect)
+        status = Status.PASSED if ok else Status.FAILED
+        results.append(CheckResult(name, status, detail, float(seconds.get(name, 0.0))))
+        if not ok:
+            failed.add(name)
+    results.append(_agent(facts, expect, failed))
+    return results
+
+
+def _agent(facts: dict[str, Any] | None, e: Expectations, failed: set[str]) -> CheckResult:
+    if not e.has_agent:
+        return CheckResult("agent", Status.NOT_APPLICABLE, "the image's manifest lists no agent")
+    if facts is None or "docker" in failed:
+        blocker = "docker" if "docker" in failed else "datasource"
+        return CheckResult("agent", Status.NOT_RUN, f"not checked: {blocker} failed", 0, blocker)
+    state = facts.get("agent_unit")
+    ok = state == "active"
+    return CheckResult("agent", Status.PASSED if ok else Status.FAILED, f"guest-agent is {state}")

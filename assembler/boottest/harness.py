@@ -1,0 +1,198 @@
+"""The boot test: boot an image as Nova would for Trove, then judge what the guest reports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from assembler import accel as accel_mod
+from assembler.accel import Accel
+from assembler.boottest.checks import Expectations, judge
+from assembler.boottest.configdrive import build_config_drive
+from assembler.boottest.instance import InjectedFile, Instance
+from assembler.boottest.metadata import MetadataService
+from assembler.boottest.report import Report
+from assembler.boottest.vm import METADATA_ADDR, Forward, MachineSpec, Timeouts, boot, console_tail
+from assembler.convert import image_info
+from assembler.errors import AssemblerError, UsageError
+from assembler.manifest import manifest_path
+from assembler.run import run
+
+log = logging.getLogger(__name__)
+
+# qemu-img's names of the formats the build writes.
+BOOTABLE_FORMATS = {"qcow2", "raw", "vmdk", "vpc", "vhdx"}
+# The root disk is bigger than the image, as a flavor's disk is, so growing it is tested.
+EXTRA_ROOT_BYTES = 1024**3
+VOLUME_BYTES = 1024**3
+
+
+class Mode(StrEnum):
+    METADATA = "metadata"  # Trove's default since Yoga (use_nova_server_config_drive=False)
+    CONFIG_DRIVE = "config-drive"
+
+
+DATASOURCE_OF = {Mode.METADATA: "OpenStack", Mode.CONFIG_DRIVE: "ConfigDrive"}
+
+
+@dataclass(frozen=True)
+class BootTestOptions:
+    image: Path
+    mode: Mode = Mode.METADATA
+    accel: Accel = Accel.AUTO
+    guest_username: str | None = None  # default: the manifest's, else ubuntu
+    artifacts: Path | None = None  # where failure evidence goes; default beside the report
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    datastore_manager: str = "mysql"
+    datastore_version: str = "8.0"
+    transport_url: str = "rabbit://guest:guest@169.254.0.100:5672/"
+
+
+def read_manifest(image: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(manifest_path(image).read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise UsageError(f"manifest of {image} is not JSON: {exc}") from exc
+    return doc if isinstance(doc, dict) else {}
+
+
+def check_image(image: Path) -> tuple[str, int]:
+    if not image.is_file():
+        raise UsageError(f"image {image} does not exist")
+    try:
+        info = image_info(image)
+    except AssemblerError as exc:
+        raise UsageError(f"cannot read {image} as a disk image: {exc}") from exc
+    fmt = str(info.get("format"))
+    if fmt not in BOOTABLE_FORMATS:
+        raise UsageError(f"{image} is {fmt}, not a format the build writes")
+    return fmt, int(info.get("virtual-size", 0))  # type: ignore[call-overload]
+
+
+def injected_files(inst_uuid: str, user: str, opts: BootTestOptions) -> tuple[InjectedFile, ...]:
+    """What Trove's taskmanager injects at launch (get_injected_files), with our options."""
+    owner = f"{user}:root"
+    guest_info = (
+        "[DEFAULT]\n"
+        f"guest_id={inst_uuid}\n"
+        f"datastore_manager={opts.datastore_manager}\n"
+        f"datastore_version={opts.datastore_version}\n"
+        f"tenant_id={'0' * 32}\n"
+    )
+    agent_conf = (
+        "[DEFAULT]\n"
+        f"transport_url = {opts.transport_url}\n"
+        "control_exchange = trove\n"
+        "log_dir = /var/log/trove/\n"
+        "log_file = trove-guestagent.log\n"
+        f"\n[{opts.datastore_manager}]\n"
+        "docker_image = mysql\n"
+        "backup_docker_image = openstacktrove/db-backup-mysql\n"
+    )
+    return (
+        InjectedFile("/etc/trove/conf.d/guest_info.conf", guest_info, owner, "0640"),
+        InjectedFile("/etc/trove/conf.d/trove-guestagent.conf", agent_conf, owner, "0640"),
+    )
+
+
+def _keypair(workdir: Path) -> str:
+    key = workdir / "keypair"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "trove-boot-test", "-f", key])
+    return (workdir / "keypair.pub").read_text().strip()
+
+
+def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Report:
+    fmt, size = check_image(opts.image)
+    manifest = read_manifest(opts.image)
+    inputs = manifest.get("inputs", {})
+    user = opts.guest_username or inputs.get("guest_username") or "ubuntu"
+    chosen = accel_mod.resolve(opts.accel)
+    with tempfile.TemporaryDirectory(prefix="trove-boot-test-") as tmp:
+        work = Path(tmp)
+        disk, volume = work / "disk.qcow2", work / "volume.qcow2"
+        # The image under test is never written: the guest boots from an overlay.
+        run([
+            "qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", opts.image.absolute(),
+            disk, str(size + EXTRA_ROOT_BYTES),
+        ])  # fmt: skip
+        run(["qemu-img", "create", "-q", "-f", "qcow2", volume, str(VOLUME_BYTES)])
+        public_key = _keypair(work)
+        inst_uuid = str(uuid.uuid4())
+        inst = Instance(user, public_key, injected_files(inst_uuid, user, opts), uuid=inst_uuid)
+        expect = Expectations(
+            datasource=DATASOURCE_OF[opts.mode],
+            guest_username=user,
+            hostname=inst.hostname,
+            public_key=public_key,
+            files=inst.files,
+            declared_keys=tuple(manifest.get("private_keys", [])),
+            has_agent=bool(manifest.get("agent")),
+            boot_time_slack=5.0,
+        )
+        artifacts = work / "run"
+        with contextlib.ExitStack() as stack:
+            metadata: MetadataService | None = None
+            config_drive: Path | None = None
+            forwards: tuple[Forward, ...] = ()
+            if opts.mode is Mode.CONFIG_DRIVE:
+                config_drive = work / "config-drive.iso"
+                build_config_drive(inst, config_drive)
+            else:
+                metadata = stack.enter_context(MetadataService(inst))
+                forwards = (Forward(METADATA_ADDR, 80, metadata.port),)
+            spec = MachineSpec(
+                disk=disk, volume=volume, config_drive=config_drive, forwards=forwards,
+                accel=chosen, uuid=inst.uuid, mac=inst.mac, workdir=artifacts,
+            )  # fmt: skip
+            result = boot(spec, opts.timeouts)
+        booted = result.kernel_seen or result.facts is not None
+        boot_detail = (
+            "the guest booted" + (" to its login prompt" if result.login_seen else "")
+            if booted
+            else f"no kernel output on the console ({result.error}): {console_tail(spec)}"
+        )
+        cloud_init_lines = console_tail(spec, 4, ("cloud-init", "Cloud-init", "ds-identify"))
+        no_facts = f"{result.error}; console: {cloud_init_lines or console_tail(spec)}"
+        checks = judge(
+            result.facts, expect, booted=booted, boot_detail=boot_detail, no_facts_detail=no_facts
+        )
+        report = Report(
+            image=str(opts.image),
+            mode=str(opts.mode),
+            checks=checks,
+            boot_seconds=result.boot_seconds,
+            metadata_requests=list(metadata.requests) if metadata else [],
+        )
+        if not report.passed or result.error:
+            report.artifacts = _keep_artifacts(artifacts, opts, report_path)
+    return report
+
+
+def _keep_artifacts(
+    run_dir: Path, opts: BootTestOptions, report_path: Path | None
+) -> dict[str, str]:
+    """Failure evidence (console, facts port, QMP events, screendump) beside the report."""
+    if opts.artifacts is not None:
+        dest = opts.artifacts
+    elif report_path is not None:
+        dest = report_path.with_name(report_path.name + ".artifacts")
+    else:
+        dest = Path.cwd() / f"boot-test-{opts.image.name}.artifacts"
+    dest.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    for name in ("console.log", "facts.log", "qmp-events.json", "screen.png", "qemu.stderr"):
+        src = run_dir / name
+        if src.exists():
+            shutil.copy2(src, dest / name)
+            kept[name] = str(dest / name)
+    return kept

@@ -1,0 +1,266 @@
+"""One QEMU guest, driven through QMP (qemu.qmp): start, wait for facts, power down, quit.
+
+No libvirt: QEMU is started here with user networking restricted to the harness's own
+forwards, so the guest can reach nothing but services the harness runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import EventListener, QMPClient, QMPError
+
+from assembler.accel import Accel
+
+log = logging.getLogger(__name__)
+
+QEMU = "qemu-system-x86_64"
+# The guest's user network: the metadata address must lie inside it for QEMU to forward it.
+GUEST_NET = "169.254.0.0/16"
+GUEST_HOST = "169.254.0.2"
+DHCP_START = "169.254.0.15"
+METADATA_ADDR = "169.254.169.254"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A guest address:port reaching a harness service on 127.0.0.1, one socat per connection."""
+
+    guest_addr: str
+    guest_port: int
+    host_port: int
+
+    def option(self) -> str:
+        return (
+            f"guestfwd=tcp:{self.guest_addr}:{self.guest_port}"
+            f"-cmd:socat STDIO TCP:127.0.0.1:{self.host_port}"
+        )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds per phase; the defaults fit TCG on 2 cores (boot to cloud-init final ~40 s)."""
+
+    qmp: float = 30.0
+    facts: float = 300.0
+    after_login: float = 120.0  # a login prompt with no facts this long after: none will come
+    powerdown: float = 60.0
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    disk: Path  # qcow2 overlay of the image under test
+    volume: Path  # blank second disk, as Cinder's volume (/dev/vdb)
+    config_drive: Path | None
+    forwards: tuple[Forward, ...]
+    accel: Accel
+    uuid: str
+    mac: str
+    workdir: Path
+    memory_mb: int = 1024
+    cpus: int = 2
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+    @property
+    def facts_log(self) -> Path:
+        return self.workdir / "facts.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.workdir / "qmp.sock"
+
+    def argv(self) -> list[str]:
+        netdev = ",".join(
+            [
+                "user,id=n0,restrict=on",
+                f"net={GUEST_NET},host={GUEST_HOST},dhcpstart={DHCP_START}",
+                *(f.option() for f in self.forwards),
+            ]
+        )
+        argv = [
+            QEMU, "-name", "trove-boot-test", "-machine", f"pc,accel={self.accel}",
+            "-m", str(self.memory_mb), "-smp", str(self.cpus),
+            "-display", "none", "-vga", "std", "-no-shutdown", "-uuid", self.uuid,
+            # What Nova tells the guest about itself; cloud-init's ds-identify looks for it.
+            "-smbios",
+            f"type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova,"
+            f"serial={self.uuid},uuid={self.uuid}",
+            "-drive", f"file={self.disk},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+            "-drive", f"file={self.volume},if=virtio,format=qcow2,cache=unsafe",
+            "-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}",
+            "-chardev", f"file,id=console,path={self.console_log}", "-serial", "chardev:console",
+            "-chardev", f"file,id=facts,path={self.facts_log}", "-serial", "chardev:facts",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+        ]  # fmt: skip
+        if self.config_drive is not None:
+            # Nova attaches the config drive as a CD-ROM, never virtio: the agent formats vdb.
+            argv += ["-drive", f"file={self.config_drive},media=cdrom,if=ide,readonly=on"]
+        return argv
+
+
+@dataclass
+class BootResult:
+    facts: dict[str, Any] | None
+    boot_seconds: float | None
+    login_seen: bool
+    kernel_seen: bool
+    clean_powerdown: bool
+    events: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    screendump: Path | None = None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _facts_in(text: str) -> dict[str, Any] | None:
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and '"trove_boot_facts"' in line:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            facts = doc.get("facts")
+            return facts if isinstance(facts, dict) else None
+    return None
+
+
+async def _connect(
+    qmp: QMPClient, socket: Path, proc: subprocess.Popen[bytes], limit: float
+) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        if proc.poll() is not None:
+            raise QMPError(f"QEMU exited with {proc.returncode} before QMP was up")
+        try:
+            await qmp.connect(str(socket))
+            return
+        except (OSError, QMPError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _boot(spec: MachineSpec, timeouts: Timeouts, on_failure_dump: bool) -> BootResult:
+    spec.workdir.mkdir(parents=True, exist_ok=True)
+    stderr = (spec.workdir / "qemu.stderr").open("wb")
+    log.info("starting QEMU (%s)", spec.accel)
+    log.debug("qemu: %s", " ".join(spec.argv()))
+    started = time.monotonic()
+    proc = subprocess.Popen(spec.argv(), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    qmp = QMPClient("trove-boot-test")
+    events: list[dict[str, Any]] = []
+    everything = EventListener()
+    result = BootResult(None, None, False, False, False, events)
+    try:
+        with qmp.listen(everything):
+            await _connect(qmp, spec.qmp_socket, proc, timeouts.qmp)
+            status = await qmp.execute("query-status")
+            log.debug("QMP query-status: %s", status)
+            login_at: float | None = None
+            while True:
+                await asyncio.sleep(1.0)
+                _drain(everything, events)
+                console = _read(spec.console_log)
+                result.kernel_seen = result.kernel_seen or "Linux version" in console
+                if login_at is None and " login:" in console:
+                    login_at = time.monotonic()
+                    result.login_seen = True
+                facts = _facts_in(_read(spec.facts_log))
+                if facts is not None:
+                    result.facts = facts
+                    result.boot_seconds = time.monotonic() - started
+                    break
+                if proc.poll() is not None:
+                    result.error = f"QEMU exited with {proc.returncode}"
+                    break
+                now = time.monotonic()
+                if now - started > timeouts.facts:
+                    result.error = f"no facts from the guest within {timeouts.facts:.0f} s"
+                    break
+                if login_at is not None and now - login_at > timeouts.after_login:
+                    result.error = (
+                        f"the guest reached its login prompt but sent no facts within "
+                        f"{timeouts.after_login:.0f} s"
+                    )
+                    break
+            if proc.poll() is None:
+                if result.facts is None and on_failure_dump:
+                    result.screendump = await _screendump(qmp, spec.workdir / "screen.png")
+                result.clean_powerdown = await _powerdown(qmp, everything, events, timeouts)
+                with contextlib.suppress(QMPError):
+                    await qmp.execute("quit")
+            _drain(everything, events)
+    except QMPError as exc:
+        result.error = f"QMP: {exc}"
+    finally:
+        await qmp.disconnect()
+        _stop(proc)
+        stderr.close()
+        (spec.workdir / "qmp-events.json").write_text(json.dumps(events, indent=1))
+    return result
+
+
+def _drain(listener: EventListener, into: list[dict[str, Any]]) -> None:
+    into.extend(dict(event) for event in listener.clear())
+
+
+async def _screendump(qmp: QMPClient, path: Path) -> Path | None:
+    try:
+        await qmp.execute("screendump", {"filename": str(path), "format": "png"})
+    except QMPError as exc:
+        log.debug("screendump failed: %s", exc)
+        return None
+    return path
+
+
+async def _powerdown(
+    qmp: QMPClient, listener: EventListener, events: list[dict[str, Any]], timeouts: Timeouts
+) -> bool:
+    """ACPI power button, then wait for the guest's own shutdown."""
+    await qmp.execute("system_powerdown")
+    deadline = time.monotonic() + timeouts.powerdown
+    while time.monotonic() < deadline:
+        _drain(listener, events)
+        if any(e.get("event") == "SHUTDOWN" for e in events):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def boot(spec: MachineSpec, timeouts: Timeouts, on_failure_dump: bool = True) -> BootResult:
+    return asyncio.run(_boot(spec, timeouts, on_failure_dump))
+
+
+def console_tail(spec: MachineSpec, lines: int = 5, grep: Sequence[str] = ()) -> str:
+    text = _read(spec.console_log).splitlines()
+    if grep:
+        text = [line for line in text if any(g in line for g in grep)]
+    return " | ".join(line.strip() for line in text[-lines:])
