@@ -9,7 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # QEMU and qemu-img, debootstrap for base images, socat for the boot tests' forwards,
 # xorriso for config drives and seeds, openssl for password hashes, gnupg for signatures.
 APT_PACKAGES := libguestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
-	debootstrap socat xorriso openssl gnupg python3-venv ca-certificates
+	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
+	python3-venv ca-certificates util-linux
 
 # `make image` options, passed on only when set (trovestack's defaults otherwise).
 GUEST_OS ?=

@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from assembler.errors import AssemblerError, BuildError, UsageError
 from assembler.fetch import resolve_base
 from assembler.formats import FORMATS
 from assembler.guest import appliance
+from assembler.images import DiskImage, inspect_disk
 from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
 from assembler.paths import cache_dir
 from assembler.run import run
@@ -47,38 +48,12 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("trim", disk.trim),
 )
 
-# Base formats qemu-img reports for something that is really a disk image.
-DISK_FORMATS = {"qcow2", "raw", "vmdk", "vpc", "vhdx"}
 
-
-@dataclass(frozen=True)
-class BaseImage:
-    path: Path
-    format: str
-    virtual_size: int
-
-
-def check_base(path: Path) -> BaseImage:
-    if not path.is_file():
-        raise UsageError(f"base image {path} does not exist")
-    try:
-        info = image_info(path)
-    except AssemblerError as exc:
-        raise UsageError(f"base image {path} is not readable as a disk image: {exc}") from exc
-    fmt = str(info.get("format"))
-    size = int(info.get("virtual-size", 0))  # type: ignore[call-overload]
-    if fmt not in DISK_FORMATS or (fmt == "raw" and not _has_partition_table(path)):
-        raise UsageError(f"base image {path} is not a disk image (qemu-img sees {fmt})")
-    if info.get("backing-filename"):
+def check_base(path: Path) -> DiskImage:
+    base = inspect_disk(path, "base image")
+    if base.backing_file:
         raise UsageError(f"base image {path} has a backing file; flatten it with qemu-img convert")
-    return BaseImage(path, fmt, size)
-
-
-def _has_partition_table(path: Path) -> bool:
-    """A raw file is anything; a disk image has an MBR signature (GPT keeps a protective MBR)."""
-    with path.open("rb") as f:
-        sector = f.read(512)
-    return len(sector) == 512 and sector[510:512] == b"\x55\xaa"
+    return base
 
 
 def check_output(output: Path) -> None:

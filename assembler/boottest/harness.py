@@ -21,15 +21,13 @@ from assembler.boottest.instance import InjectedFile, Instance
 from assembler.boottest.metadata import MetadataService
 from assembler.boottest.report import Report
 from assembler.boottest.vm import METADATA_ADDR, Forward, MachineSpec, Timeouts, boot, console_tail
-from assembler.convert import image_info
-from assembler.errors import AssemblerError, UsageError
+from assembler.errors import UsageError
+from assembler.images import inspect_disk
 from assembler.manifest import manifest_path
 from assembler.run import run
 
 log = logging.getLogger(__name__)
 
-# qemu-img's names of the formats the build writes.
-BOOTABLE_FORMATS = {"qcow2", "raw", "vmdk", "vpc", "vhdx"}
 # The root disk is bigger than the image, as a flavor's disk is, so growing it is tested.
 EXTRA_ROOT_BYTES = 1024**3
 VOLUME_BYTES = 1024**3
@@ -66,19 +64,6 @@ def read_manifest(image: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def check_image(image: Path) -> tuple[str, int]:
-    if not image.is_file():
-        raise UsageError(f"image {image} does not exist")
-    try:
-        info = image_info(image)
-    except AssemblerError as exc:
-        raise UsageError(f"cannot read {image} as a disk image: {exc}") from exc
-    fmt = str(info.get("format"))
-    if fmt not in BOOTABLE_FORMATS:
-        raise UsageError(f"{image} is {fmt}, not a format the build writes")
-    return fmt, int(info.get("virtual-size", 0))  # type: ignore[call-overload]
-
-
 def injected_files(inst_uuid: str, user: str, opts: BootTestOptions) -> tuple[InjectedFile, ...]:
     """What Trove's taskmanager injects at launch (get_injected_files), with our options."""
     owner = f"{user}:root"
@@ -112,7 +97,8 @@ def _keypair(workdir: Path) -> str:
 
 
 def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Report:
-    fmt, size = check_image(opts.image)
+    disk_image = inspect_disk(opts.image)
+    fmt, size = disk_image.format, disk_image.virtual_size
     manifest = read_manifest(opts.image)
     inputs = manifest.get("inputs", {})
     user = opts.guest_username or inputs.get("guest_username") or "ubuntu"

@@ -1,0 +1,125 @@
+"""Real builds from the Debian base, shared by the image tests (each built once per session)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Built:
+    image: Path
+    manifest: dict[str, Any]
+    args: tuple[str, ...]
+    env: dict[str, str]
+    stderr: str
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 1200
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "assembler", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ASSEMBLER_ACCEL": "tcg", **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def build(base: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> Built:
+    argv = (
+        "--guest-os",
+        "debian",
+        "--release",
+        "bookworm",
+        "--base",
+        str(base),
+        "-o",
+        str(out),
+        *args,
+    )
+    proc = run_cli(*argv, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+    return Built(out, manifest, argv, env or {}, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("images")
+
+
+# Three builds that between them cover each format the issue names and the options that change
+# what lands in the image.
+@pytest.fixture(scope="session")
+def raw_production(debian_base: Path, images_dir: Path) -> Built:
+    return build(
+        debian_base,
+        images_dir / "prod.raw",
+        "--no-dev-mode",
+        env={"TROVE_ROOT_PASSWORD": "Sup3r-secret-root"},
+    )
+
+
+@pytest.fixture(scope="session")
+def qcow2_custom(debian_base: Path, images_dir: Path) -> Built:
+    return build(
+        debian_base,
+        images_dir / "custom.qcow2",
+        "--guest-username",
+        "trove",
+        "--datasources",
+        "OpenStack",
+        "--size",
+        "4G",
+        env={"DIB_CLOUD_INIT_ETC_HOSTS": "false"},
+    )
+
+
+@pytest.fixture(scope="session")
+def vmdk_dev(debian_base: Path, images_dir: Path) -> Built:
+    return build(debian_base, images_dir / "dev.vmdk", "--dev-mode")
+
+
+class Inspector:
+    """Read-only guestfs handles on built images, one appliance per image for the session."""
+
+    def __init__(self) -> None:
+        self.handles: dict[Path, Any] = {}
+
+    def __call__(self, image: Path, fmt: str) -> Any:
+        if image not in self.handles:
+            import guestfs
+
+            g = guestfs.GuestFS(python_return_dict=True)
+            g.set_backend("direct")
+            g.set_backend_settings(["force_tcg"])
+            g.add_drive_opts(str(image), format=fmt, readonly=True)
+            g.launch()
+            root = g.inspect_os()[0]
+            mounts = g.inspect_get_mountpoints(root)
+            for mp in sorted(mounts, key=len):
+                g.mount_ro(mounts[mp], mp)
+            self.handles[image] = g
+        return self.handles[image]
+
+    def close(self) -> None:
+        for g in self.handles.values():
+            g.close()
+
+
+@pytest.fixture(scope="session")
+def inspect() -> Iterator[Inspector]:
+    inspector = Inspector()
+    yield inspector
+    inspector.close()

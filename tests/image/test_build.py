@@ -1,0 +1,152 @@
+"""Real builds from the Debian base, checked on the real output with guestfs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.image.conftest import Built, Inspector
+
+pytestmark = pytest.mark.image
+
+IMAGES = {
+    # fixture: (format qemu-img reports, guest user, datasource line, manage_etc_hosts)
+    "raw_production": ("raw", "ubuntu", "[ ConfigDrive, OpenStack ]", "localhost"),
+    "qcow2_custom": ("qcow2", "trove", "[ OpenStack ]", "false"),
+    "vmdk_dev": ("vmdk", "ubuntu", "[ ConfigDrive, OpenStack ]", "localhost"),
+}
+
+
+@pytest.fixture(params=sorted(IMAGES))
+def case(request: pytest.FixtureRequest, inspect: Inspector) -> tuple[Built, Any, tuple[str, ...]]:
+    built: Built = request.getfixturevalue(request.param)
+    expected = IMAGES[request.param]
+    return built, inspect(built.image, expected[0]), expected
+
+
+def qemu_info(image: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", image], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(json.loads(out))
+
+
+def entries(g: Any, path: str) -> dict[str, list[str]]:
+    """/etc/passwd, /etc/shadow or /etc/group as {name: fields}."""
+    return {line.split(":")[0]: line.split(":") for line in g.cat(path).splitlines()}
+
+
+def test_output_format_and_manifest(case: tuple[Built, Any, tuple[str, ...]]) -> None:
+    built, _, (fmt, user, _, _) = case
+    info = qemu_info(built.image)
+    assert info["format"] == fmt
+    assert "backing-filename" not in info
+    m = built.manifest
+    assert m["output"]["format"] == fmt
+    assert m["output"]["size"] == built.image.stat().st_size
+    assert m["inputs"]["guest_username"] == user
+    assert m["inputs"]["release"] == "bookworm"
+    assert m["inputs"]["accel"] == "tcg"
+    assert len(m["base"]["sha256"]) == 64
+    names = [s["name"] for s in m["steps"]]
+    assert names[0] == "launch" and names[-1] == "convert"
+    assert {"packages", "hygiene", "trim"} <= set(names)
+    assert all(s["seconds"] >= 0 for s in m["steps"])
+    assert re.match(r"^\d", m["packages"]["docker.io"])
+    assert "cloud-init" in m["packages"]
+    # Nothing temporary is left beside the output.
+    assert not [p for p in built.image.parent.iterdir() if p.name.endswith(".partial")]
+
+
+def test_docker_installed_and_enabled(case: tuple[Built, Any, tuple[str, ...]]) -> None:
+    _, g, (_, user, _, _) = case
+    assert g.is_file("/usr/bin/dockerd")
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    assert g.is_symlink(f"{wants}/docker.service")
+    assert g.is_symlink(f"{wants}/containerd.service")
+    assert user in entries(g, "/etc/group")["docker"][3].split(",")
+
+
+def test_datasources_and_etc_hosts(case: tuple[Built, Any, tuple[str, ...]]) -> None:
+    _, g, (_, _, datasources, etc_hosts) = case
+    text = g.cat("/etc/cloud/cloud.cfg.d/91-trove-datasources.cfg")
+    assert f"datasource_list: {datasources}\n" in text
+    assert f"manage_etc_hosts: {etc_hosts}" in g.cat(
+        "/etc/cloud/cloud.cfg.d/93-trove-etc-hosts.cfg"
+    )
+
+
+def test_guest_user(case: tuple[Built, Any, tuple[str, ...]]) -> None:
+    _, g, (_, user, _, _) = case
+    passwd = entries(g, "/etc/passwd")
+    assert user in passwd
+    assert passwd[user][6] == "/bin/bash"
+    assert g.is_dir(f"/home/{user}")
+    assert entries(g, "/etc/shadow")[user][1].startswith("!"), "the guest user has no password"
+    assert user in entries(g, "/etc/group")["sudo"][3].split(",")
+    sudoers = "/etc/sudoers.d/60_trove_guest"
+    assert f"{user} ALL=(ALL) NOPASSWD:ALL" in g.cat(sudoers)
+    st = g.statns(sudoers)
+    assert (st["st_mode"] & 0o7777, st["st_uid"], st["st_gid"]) == (0o440, 0, 0)
+    cfg = g.cat("/etc/cloud/cloud.cfg.d/92-trove-default-user.cfg")
+    assert f"name: {user}" in cfg
+
+
+def test_trove_directories(case: tuple[Built, Any, tuple[str, ...]]) -> None:
+    _, g, (_, user, _, _) = case
+    uid = int(entries(g, "/etc/passwd")[user][2])
+    for path in ("/etc/trove", "/etc/trove/conf.d", "/etc/trove/certs", "/var/lib/trove",
+                 "/var/log/trove", "/opt/trove-guestagent"):  # fmt: skip
+        st = g.statns(path)
+        assert (st["st_uid"], st["st_gid"]) == (uid, 0), path
+
+
+def test_hygiene(case: tuple[Built, Any, tuple[str, ...]]) -> None:
+    _, g, _ = case
+    assert g.is_file("/etc/machine-id") and g.filesize("/etc/machine-id") == 0
+    assert g.glob_expand("/etc/ssh/ssh_host_*") == []
+    assert g.ls("/var/lib/cloud") == []
+    assert not g.exists("/usr/sbin/policy-rc.d")
+    assert not g.exists("/etc/dpkg/dpkg.cfg.d/assembler-unsafe-io")
+    assert not g.exists("/var/tmp/assembler-apt")
+    assert [f for f in g.ls("/var/lib/apt/lists") if f not in ("lock", "partial")] == []
+    assert g.glob_expand("/var/cache/apt/archives/*.deb") == []
+    assert not g.exists("/var/lib/systemd/random-seed")
+    logs = [f for f in g.find("/var/log") if g.is_file(f"/var/log/{f}")]
+    assert all(g.filesize(f"/var/log/{f}") == 0 for f in logs)
+    # The guest's own apt sources are untouched by the build.
+    assert "deb" in g.cat("/etc/apt/sources.list")
+
+
+def test_root_filesystem_grown(case: tuple[Built, Any, tuple[str, ...]]) -> None:
+    built, g, _ = case
+    disk = built.manifest["output"]["virtual_size"]
+    assert disk == built.manifest["inputs"]["size_bytes"]
+    stats = g.statvfs("/")
+    fs_bytes = stats["blocks"] * stats["bsize"]
+    assert fs_bytes > disk - 64 * 1024**2, (fs_bytes, disk)
+
+
+def test_root_password_hashed_only_when_asked(
+    raw_production: Built, vmdk_dev: Built, inspect: Inspector
+) -> None:
+    root = entries(inspect(raw_production.image, "raw"), "/etc/shadow")["root"][1]
+    assert root.startswith("$6$")
+    # The clear text is nowhere on the disk, not even in freed blocks.
+    found = subprocess.run(["grep", "-q", "-a", "-F", "Sup3r-secret-root", raw_production.image])
+    assert found.returncode == 1
+    manifest_text = json.dumps(raw_production.manifest)
+    assert "Sup3r-secret-root" not in manifest_text and root not in manifest_text
+    dev_root = entries(inspect(vmdk_dev.image, "vmdk"), "/etc/shadow")["root"][1]
+    assert dev_root in ("*", "!", "!*")
+
+
+def test_base_is_never_modified(debian_base: Path, raw_production: Built) -> None:
+    from assembler.manifest import sha256_file
+
+    assert sha256_file(debian_base) == raw_production.manifest["base"]["sha256"]
