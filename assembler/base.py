@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from assembler import cancel
 from assembler.accel import Accel
 from assembler.distros import Release, apt_sources
 from assembler.errors import BuildError, CommandError, UsageError
@@ -320,6 +321,7 @@ def _lay_down(disk: Path, tarball: Path, accel: Accel) -> None:
             sh(g, STEP, f"grub-install --target=i386-pc {dev} && update-grub")
             g.umount_all()
     except RuntimeError as exc:  # libguestfs reports every failure this way
+        cancel.check()
         raise BuildError(STEP, _tail(exc)) from exc
 
 

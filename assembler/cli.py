@@ -8,12 +8,13 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from assembler import __version__
+from assembler import __version__, cancel
 from assembler.accel import Accel
 from assembler.config import (
     DEFAULT_DATASOURCES,
@@ -85,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--mirror", help="guest package archive URL for the build")
     b.add_argument("--docker-source", choices=list(DockerSource))
+    b.add_argument("--agent-version", help="trove release from PyPI (default: per guest release)")
+    b.add_argument("--agent-source", help="a trove checkout or sdist instead of a release")
+    b.add_argument("--constraints", help="upper-constraints file or URL for the agent's venv")
+    b.add_argument("--controller-host", help="dev mode: the controller the guest fetches code from")
+    b.add_argument("--controller-trove-path", help="dev mode: trove checkout on the controller")
+    b.add_argument("--dev-key", help="dev mode: an ed25519 private key to use (default: new)")
+    b.add_argument(
+        "--authorize-on-controller",
+        action="store_true",
+        help="dev mode: let the guest's key log in as HOST_SCP_USERNAME on this host",
+    )
     b.add_argument(
         "--boot-test",
         action=argparse.BooleanOptionalAction,
@@ -118,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--junit", help="write the report as JUnit XML here")
     t.add_argument("--artifacts", help="where console logs and screendumps of a failure go")
     t.add_argument("--timeout", type=float, help="seconds to wait for the guest's facts")
+    t.add_argument(
+        "--rabbit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start a private RabbitMQ on loopback for the agent (default: if the image has one)",
+    )
+    t.add_argument("--transport-url", help="the agent's bus as the guest reaches it (no broker)")
     _common(t)
     return parser
 
@@ -152,6 +171,13 @@ def build_options(ns: argparse.Namespace) -> BuildOptions:
         mirror=ns.mirror,
         docker_source=ns.docker_source,
         accel=ns.accel,
+        agent_version=ns.agent_version,
+        agent_source=ns.agent_source,
+        constraints=ns.constraints,
+        controller_host=ns.controller_host,
+        controller_trove_path=ns.controller_trove_path,
+        dev_key=ns.dev_key,
+        authorize_on_controller=ns.authorize_on_controller,
     )
 
 
@@ -223,6 +249,8 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
         guest_username=ns.guest_username,
         artifacts=Path(ns.artifacts).absolute() if ns.artifacts else None,
         timeouts=timeouts,
+        rabbit=ns.rabbit,
+        transport_url=ns.transport_url,
     )
     report = run_boot_test(opts, report_path)
     print(report.table())
@@ -237,6 +265,34 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+# How long an interrupted command may take to stop its children and remove its files.
+UNWIND_SECONDS = 120.0
+
+
+def _run_in_worker(handler: Callable[[argparse.Namespace], int], ns: argparse.Namespace) -> int:
+    """Run the command in a worker thread so the main thread can act on a signal at once."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["rc"] = handler(ns)
+        except BaseException as exc:  # handed to the main thread as it is
+            outcome["exc"] = exc
+
+    worker = threading.Thread(target=work, name="assembler-worker")
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        cancel.cancel_all()
+        worker.join(UNWIND_SECONDS)
+        raise
+    if "exc" in outcome:
+        raise outcome["exc"]
+    return int(outcome["rc"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fetch": cmd_fetch,
             "boot-test": cmd_boot_test,
         }[ns.command]
-        return handler(ns)
+        return _run_in_worker(handler, ns)
     except AssemblerError as exc:
         if debug:
             log.exception("failed")

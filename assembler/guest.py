@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from assembler import cancel
 from assembler.accel import Accel
 from assembler.errors import BuildError, UsageError
 
@@ -55,10 +56,13 @@ def appliance(
         )
     try:
         log.info("launching the libguestfs appliance (%s)", accel)
+        cancel.check()
         g.launch()
-        yield g
-        if not readonly:
-            g.shutdown()
+        with cancel.child(g.get_pid()):
+            yield g
+            cancel.check()
+            if not readonly:
+                g.shutdown()
     finally:
         g.close()
 
@@ -69,6 +73,7 @@ def sh(g: Any, step: str, script: str) -> str:
     try:
         return str(g.sh(script))
     except RuntimeError as exc:
+        cancel.check()  # the appliance was stopped under it: an interruption, not a fault
         raise BuildError(step, _last_lines(str(exc))) from exc
 
 

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from assembler import cancel
 from assembler.errors import CommandError, UsageError
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,26 @@ def run(
     args = [str(a) for a in argv]
     log.debug("run: %s%s", shlex.join(args), " (stdin hidden)" if secret_input else "")
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             args,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             cwd=cwd,
-            timeout=timeout,
             env=env,
-            check=False,
         )
     except FileNotFoundError as exc:
         raise UsageError(f"{args[0]} is not installed; run `make setup`") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(args, -1, f"timed out after {timeout} s") from exc
+    with proc, cancel.child(proc.pid):
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            raise CommandError(args, -1, f"timed out after {timeout} s") from exc
+    cancel.check()
     if proc.returncode != 0:
-        log.debug("stderr of %s:\n%s", args[0], proc.stderr)
-        raise CommandError(args, proc.returncode, proc.stderr)
-    return proc.stdout
+        log.debug("stderr of %s:\n%s", args[0], stderr)
+        raise CommandError(args, proc.returncode, stderr)
+    return stdout
