@@ -1,4 +1,5 @@
-"""Real builds from the Debian base, shared by the image tests (each built once per session)."""
+"""Real builds from the Debian base, shared by the image and boot tests (each built once per
+session); tests/conftest.py makes the fixtures visible everywhere."""
 
 from __future__ import annotations
 

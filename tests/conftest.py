@@ -9,6 +9,13 @@ import pytest
 from assembler.accel import Accel
 from assembler.distros import RELEASES
 from assembler.errors import UsageError
+from tests.builds import (  # noqa: F401 (fixtures, found by name)
+    images_dir,
+    inspect,
+    qcow2_custom,
+    raw_production,
+    vmdk_dev,
+)
 
 
 @pytest.fixture(scope="session")

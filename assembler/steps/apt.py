@@ -46,7 +46,9 @@ def prepare(g: Any, cfg: BuildConfig) -> None:
     write(g, POLICY_RC_D, "#!/bin/sh\nexit 101\n", mode=0o755)
     # The disk is a throwaway overlay until the build succeeds: fsync buys nothing.
     write(g, UNSAFE_IO, "force-unsafe-io\n")
-    apt_get(g, "apt-prepare", "update")
+    # --error-on=any: a source that cannot be fetched is an error, not a warning, or the
+    # failure would surface later as "package has no installation candidate".
+    apt_get(g, "apt-prepare", "update --error-on=any")
 
 
 def install(g: Any, packages: list[str] | tuple[str, ...], step: str) -> None:

@@ -44,7 +44,7 @@ def add_docker_repo(g: Any, cfg: BuildConfig) -> None:
     line = docker_ce_source(cfg.release)
     write(g, DOCKER_LIST, line)
     write(g, f"{apt.WORK}/sources.list.d/docker.list", line)
-    apt.apt_get(g, "docker", "update")
+    apt.apt_get(g, "docker", "update --error-on=any")
 
 
 def enable(g: Any, cfg: BuildConfig) -> None:
