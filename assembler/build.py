@@ -9,10 +9,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from assembler import accel as accel_mod
+from assembler import cancel
+from assembler.agent.devkeys import KeyPair, authorize_on_controller, save_beside
+from assembler.agent.payload import AgentPayload, check_agent, prepare_agent
 from assembler.config import BuildConfig
 from assembler.convert import convert, image_info
 from assembler.errors import AssemblerError, BuildError, UsageError
@@ -23,30 +27,38 @@ from assembler.images import DiskImage, inspect_disk
 from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
 from assembler.paths import cache_dir
 from assembler.run import run
+from assembler.steps import agent as agent_steps
 from assembler.steps import apt, cloudinit, disk, docker, hygiene, packages, trove, user
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[Any, BuildConfig], None]
 
-STEPS: tuple[tuple[str, Step], ...] = (
-    ("grow-root", disk.grow_root),
-    ("mount", disk.mount_root),
-    ("apt-prepare", apt.prepare),
-    ("docker-repo", docker.add_docker_repo),
-    ("packages", packages.install),
-    ("guest-user", user.create_guest_user),
-    ("sudoers", user.sudoers),
-    ("docker", docker.enable),
-    ("root-password", user.root_password),
-    ("cloud-init-datasources", cloudinit.datasources),
-    ("cloud-init-user", cloudinit.default_user),
-    ("cloud-init-etc-hosts", cloudinit.etc_hosts),
-    ("trove-directories", trove.directories),
-    ("apt-cleanup", apt.cleanup),
-    ("hygiene", hygiene.clean),
-    ("trim", disk.trim),
-)
+
+def steps(agent: AgentPayload, dev_key: KeyPair | None) -> tuple[tuple[str, Step], ...]:
+    """Every step of a build, in order; the agent's host-prepared parts are bound in."""
+    return (
+        ("grow-root", disk.grow_root),
+        ("mount", disk.mount_root),
+        ("apt-prepare", apt.prepare),
+        ("docker-repo", docker.add_docker_repo),
+        ("packages", packages.install),
+        ("guest-user", user.create_guest_user),
+        ("sudoers", user.sudoers),
+        ("docker", docker.enable),
+        ("root-password", user.root_password),
+        ("cloud-init-datasources", cloudinit.datasources),
+        ("cloud-init-user", cloudinit.default_user),
+        ("cloud-init-etc-hosts", cloudinit.etc_hosts),
+        ("trove-directories", trove.directories),
+        ("agent-venv", partial(agent_steps.install_venv, payload=agent)),
+        ("agent-services", agent_steps.services),
+        ("agent-controller", agent_steps.controller),
+        *([("dev-keys", partial(agent_steps.dev_keys, pair=dev_key))] if dev_key else []),
+        ("apt-cleanup", apt.cleanup),
+        ("hygiene", hygiene.clean),
+        ("trim", disk.trim),
+    )
 
 
 def check_base(path: Path) -> DiskImage:
@@ -68,8 +80,11 @@ def check_output(output: Path) -> None:
         raise UsageError(f"output {output} is a directory")
 
 
-def run_steps(g: Any, cfg: BuildConfig, manifest: Manifest) -> None:
-    for name, step in STEPS:
+def run_steps(
+    g: Any, cfg: BuildConfig, manifest: Manifest, plan: tuple[tuple[str, Step], ...]
+) -> None:
+    for name, step in plan:
+        cancel.check()
         log.info("step %s", name)
         started = time.monotonic()
         try:
@@ -77,6 +92,7 @@ def run_steps(g: Any, cfg: BuildConfig, manifest: Manifest) -> None:
         except AssemblerError:
             raise
         except RuntimeError as exc:  # guestfs reports every failed call as RuntimeError
+            cancel.check()  # the appliance was stopped under it: an interruption, not a fault
             raise BuildError(name, str(exc).strip().splitlines()[-1]) from exc
         seconds = time.monotonic() - started
         manifest.steps.append(StepRecord(name, seconds))
@@ -107,9 +123,18 @@ def build(cfg: BuildConfig) -> Manifest:
             "sha256": fetched.sha256 or sha256_file(base.path),
         },
     )
+    check_agent(cfg)
     workroot = cache_dir() / "work"
     workroot.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=workroot) as work:
+        started = time.monotonic()
+        agent = prepare_agent(cfg, Path(work))
+        manifest.steps.append(StepRecord("agent-prepare", time.monotonic() - started))
+        manifest.agent = agent.manifest()
+        dev_key = _dev_key(cfg)
+        if dev_key is not None:
+            manifest.private_keys = [f"/home/{cfg.guest_username}/.ssh/id_ed25519"]
+            manifest.agent["dev_public_key"] = dev_key.public
         # The base is never written: every change lands in an overlay backed by it.
         overlay = Path(work) / "image.qcow2"
         run([
@@ -119,7 +144,7 @@ def build(cfg: BuildConfig) -> Manifest:
         started = time.monotonic()
         with appliance([(overlay, "qcow2")], accel=chosen_accel, network=True) as g:
             manifest.steps.append(StepRecord("launch", time.monotonic() - started))
-            run_steps(g, cfg, manifest)
+            run_steps(g, cfg, manifest, steps(agent, dev_key))
             manifest.packages = packages.installed(g)
         log.info("converting to %s", cfg.image_format)
         started = time.monotonic()
@@ -135,8 +160,25 @@ def build(cfg: BuildConfig) -> Manifest:
         "sha256": sha256_file(cfg.output),
         "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    if dev_key is not None:
+        saved = save_beside(dev_key, cfg.output)
+        log.info("dev mode: the guest's SSH key pair is saved at %s (and .pub)", saved)
+        if cfg.agent.authorize_on_controller:
+            keys = authorize_on_controller(dev_key, cfg.host_scp_username)
+            log.info(
+                "dev mode: the guest's key may now log in as %s (%s)", cfg.host_scp_username, keys
+            )
     write_atomically(manifest_path(cfg.output), manifest.to_json())
     return manifest
+
+
+def _dev_key(cfg: BuildConfig) -> KeyPair | None:
+    if not cfg.dev_mode:
+        return None  # a production image never holds a private key
+    comment = f"trove-guest-{cfg.release.codename}-dev"
+    if cfg.agent.dev_key is not None:
+        return KeyPair.load(cfg.agent.dev_key, comment)
+    return KeyPair.generate(comment)
 
 
 def _inputs(cfg: BuildConfig, chosen_accel: accel_mod.Accel) -> dict[str, Any]:

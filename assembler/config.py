@@ -51,6 +51,24 @@ USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
+class AgentConfig:
+    """The Trove guest agent: where its code comes from, and dev mode's controller."""
+
+    version: str | None  # a trove release on PyPI; None with no source = the release's default
+    source: Path | None  # a trove checkout or sdist on this host
+    constraints: str | None  # upper-constraints file or URL
+    controller_host: str | None  # written to /etc/trove/controller.conf (Trove injects it too)
+    controller_trove_path: str  # trovestack's PATH_TROVE: the trove checkout on the controller
+    dev_key: Path | None  # dev mode's key pair; None = a new one per build
+    authorize_on_controller: bool  # append the guest's public key to HOST_SCP_USERNAME's keys
+    mgmt_gateway: str | None  # TROVE_MGMT_GATEWAY
+    sync_logs: bool  # SYNC_LOG_TO_CONTROLLER
+
+
+DEFAULT_PATH_TROVE = "/opt/stack/trove"  # devstack's $DEST/trove, trovestack's default
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     release: Release
     dev_mode: bool
@@ -71,6 +89,7 @@ class BuildConfig:
     mirror: str | None
     docker_source: DockerSource
     accel: Accel
+    agent: AgentConfig
     root_password_hash: str | None = field(default=None, repr=False)
 
     @property
@@ -143,6 +162,13 @@ class BuildOptions:
     mirror: str | None = None
     docker_source: str | None = None
     accel: str | None = None
+    agent_version: str | None = None
+    agent_source: str | None = None
+    constraints: str | None = None
+    controller_host: str | None = None
+    controller_trove_path: str | None = None
+    dev_key: str | None = None
+    authorize_on_controller: bool = False
 
 
 def resolve_release(guest_os: str | None, release: str | None) -> Release:
@@ -183,6 +209,48 @@ def _local_or_url(base: str | None) -> str | None:
     if base is None or "://" in base:
         return base
     return str(Path(base).expanduser().absolute())
+
+
+def _path(text: str | None, what: str, must_exist: bool = True) -> Path | None:
+    if not text:
+        return None
+    path = Path(text).expanduser().absolute()
+    if must_exist and not path.exists():
+        raise UsageError(f"{what} {path} does not exist")
+    return path
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    return parse_bool(env.get(name) or "false", name)
+
+
+def make_agent_config(opts: BuildOptions, env: Mapping[str, str], dev_mode: bool) -> AgentConfig:
+    if opts.agent_version and opts.agent_source:
+        raise UsageError("--agent-version and --agent-source exclude each other")
+    dev_only = {
+        "--controller-host": opts.controller_host,
+        "--dev-key": opts.dev_key,
+        "--authorize-on-controller": opts.authorize_on_controller or None,
+    }
+    if not dev_mode:
+        given = [name for name, value in dev_only.items() if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply in dev mode (--dev-mode)")
+    return AgentConfig(
+        version=opts.agent_version,
+        source=_path(opts.agent_source, "--agent-source"),
+        constraints=opts.constraints,
+        controller_host=opts.controller_host,
+        controller_trove_path=opts.controller_trove_path
+        or env.get("PATH_TROVE")
+        or DEFAULT_PATH_TROVE,
+        dev_key=_path(opts.dev_key, "--dev-key"),
+        authorize_on_controller=opts.authorize_on_controller,
+        mgmt_gateway=env.get("TROVE_MGMT_GATEWAY") or None,
+        sync_logs=parse_bool(
+            env.get("SYNC_LOG_TO_CONTROLLER") or "false", "SYNC_LOG_TO_CONTROLLER"
+        ),
+    )
 
 
 def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
@@ -229,5 +297,6 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
         mirror=parse_mirror(opts.mirror),
         docker_source=_enum(DockerSource, opts.docker_source or "archive", "docker source"),
         accel=_enum(Accel, str(accel_text), "accelerator"),
+        agent=make_agent_config(opts, env, dev_mode),
         root_password_hash=root_hash,
     )

@@ -54,7 +54,8 @@ class Manifest:
             "private_keys": self.private_keys,
             "output": self.output,
         }
-        return json.dumps(doc, indent=2) + "\n"
+        # default=str: paths and enums among the inputs
+        return json.dumps(doc, indent=2, default=str) + "\n"
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ RUNTIME_PACKAGES: tuple[str, ...] = (
     "cloud-init",
     "cron",
     "crudini",
+    "curl",  # the agent's unit activates the docker-hostnic plugin through its socket
     "dbus",
     "ethtool",
     "gnupg",

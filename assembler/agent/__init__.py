@@ -1,0 +1,1 @@
+"""The Trove guest agent's Python environment, built on the host for the guest's Python."""

@@ -1,0 +1,86 @@
+"""What the agent steps upload, prepared on the host before the appliance starts.
+
+Python packaging never runs inside the image (no index is reachable from it, and Python under
+emulation is slow): the wheelhouse is resolved and downloaded here for the guest's Python, the
+venv laid out here, and the steps then upload it in one tar.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from assembler.agent.venv import (
+    VENV_PREFIX,
+    WHEELS_PREFIX,
+    host_can_compile,
+    lay_out_venv,
+    stage_wheelhouse,
+)
+from assembler.agent.versions import default_agent_version
+from assembler.agent.wheelhouse import (
+    LocalAgent,
+    PypiAgent,
+    Wheelhouse,
+    WheelhouseSpec,
+    build_wheelhouse,
+    check_agent_source,
+)
+from assembler.config import BuildConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentPayload:
+    wheelhouse: Wheelhouse
+    staging: Path  # stands for the guest's /
+    subtrees: tuple[PurePosixPath, ...]  # what to upload from it
+    dev_mode: bool
+
+    def manifest(self) -> dict[str, object]:
+        return {
+            **self.wheelhouse.manifest(),
+            "mode": "dev" if self.dev_mode else "production",
+            "venv": str(VENV_PREFIX),
+            # Dev mode runs trove from the controller's checkout; only its requirements are baked.
+            "baked": not self.dev_mode,
+        }
+
+
+def agent_spec(cfg: BuildConfig) -> WheelhouseSpec:
+    agent = cfg.agent
+    source: PypiAgent | LocalAgent
+    if agent.source is not None:
+        source = LocalAgent(agent.source)
+    else:
+        source = PypiAgent(agent.version or default_agent_version(cfg.release))
+    return WheelhouseSpec.for_release(cfg.release, source, agent.constraints)
+
+
+def check_agent(cfg: BuildConfig) -> None:
+    """Before any image work: a version the guest's Python cannot run is a one-line error."""
+    spec = agent_spec(cfg)
+    check_agent_source(spec.agent, spec.python)
+
+
+def prepare_agent(cfg: BuildConfig, workdir: Path) -> AgentPayload:
+    spec = agent_spec(cfg)
+    wheelhouse = build_wheelhouse(spec)
+    staging = workdir / "agent-root"
+    staging.mkdir()
+    # Byte-compiled here when the host's Python matches the guest's: the first agent start
+    # under emulation then skips compiling ~10,000 modules.
+    lay_out_venv(
+        wheelhouse,
+        staging,
+        include_agent=not cfg.dev_mode,
+        compile_bytecode=host_can_compile(wheelhouse.python),
+    )
+    subtrees = [VENV_PREFIX]
+    if cfg.dev_mode:
+        stage_wheelhouse(wheelhouse, staging)
+        subtrees.append(WHEELS_PREFIX)
+    log.info("agent %s for Python %s ready to upload", wheelhouse.agent_source, spec.python)
+    return AgentPayload(wheelhouse, staging, tuple(subtrees), cfg.dev_mode)
