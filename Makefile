@@ -7,10 +7,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Host packages: libguestfs and its Python bindings (Debian's only), a kernel for the appliance,
 # QEMU and qemu-img, debootstrap for base images, socat for the boot tests' forwards,
-# xorriso for config drives and seeds, openssl for password hashes, gnupg for signatures.
+# xorriso for config drives and seeds, openssl for password hashes, gnupg for signatures,
+# rabbitmq-server (the boot tests run a private broker on loopback) and openssh-server/rsync
+# (the boot tests play a dev-mode controller on loopback).
 APT_PACKAGES := libguestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
 	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
-	python3-venv ca-certificates util-linux
+	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl
 
 # `make image` options, passed on only when set (trovestack's defaults otherwise).
 GUEST_OS ?=
@@ -41,6 +43,9 @@ apt-packages:
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "host packages: all present"; fi
+	@# The boot tests start a private broker on loopback; the package's system one is not needed.
+	@if [ -d /run/systemd/system ] && systemctl is-enabled --quiet rabbitmq-server 2>/dev/null; \
+	then $(SUDO) systemctl disable --now rabbitmq-server; fi
 
 venv: $(VENV)/.installed
 

@@ -163,19 +163,81 @@ def _build_secrets(f: dict[str, Any], e: Expectations) -> Verdict:
     return True, "no build-time files or secrets left"
 
 
-# (name, judge, depends_on). Order is the report's order.
-CHECKS: tuple[tuple[str, Judge, str | None], ...] = (
-    ("datasource", _datasource, "boot"),
-    ("cloud-init", _cloud_init, "datasource"),
-    ("hostname", _hostname, "datasource"),
-    ("default-user", _default_user, "datasource"),
-    ("injected-files", _injected, "datasource"),
-    ("docker", _docker, "boot"),
-    ("root-grown", _root_grown, "boot"),
-    ("private-keys", _private_keys, "boot"),
-    ("build-secrets", _build_secrets, "boot"),
+def _agent(f: dict[str, Any], e: Expectations) -> Verdict:
+    a = f.get("agent", {})
+    unit = a.get("unit", {})
+    state = f"{unit.get('ActiveState')}/{unit.get('SubState')}"
+    if unit.get("ActiveState") != "active" or a.get("enabled") != "enabled":
+        journal = " | ".join(a.get("journal", "").strip().splitlines()[-2:])
+        return False, f"guest-agent.service is {state}, {a.get('enabled')}: {journal}"
+    return True, f"guest-agent.service {state}, enabled"
+
+
+def _agent_log(f: dict[str, Any], e: Expectations) -> Verdict:
+    log = f.get("agent", {}).get("log", {})
+    if not log.get("exists") or not log.get("size"):
+        return False, "no /var/log/trove/trove-guestagent.log (where logrotate expects it)"
+    if log.get("owner") != e.guest_username:
+        return False, f"the agent's log is owned by {log.get('owner')}, not {e.guest_username}"
+    return True, f"/var/log/trove/trove-guestagent.log, {log.get('size')} bytes"
+
+
+def _image_loader(f: dict[str, Any], e: Expectations) -> Verdict:
+    a = f.get("agent", {})
+    unit = a.get("image_loader", {})
+    ok = unit.get("Result") == "success" and unit.get("ExecMainStatus") == "0"
+    tail = " | ".join(a.get("image_loader_log", "").strip().splitlines()[-2:])
+    return ok, f"trove-image-loader {unit.get('ActiveState')} ({unit.get('Result')}): {tail}"
+
+
+def _hostnic(f: dict[str, Any], e: Expectations) -> Verdict:
+    a = f.get("agent", {})
+    ok = a.get("hostnic_socket", {}).get("ActiveState") == "active" and a.get("hostnic_listening")
+    return bool(ok), (
+        "docker-hostnic.socket listening on /run/docker/plugins/docker-hostnic.sock"
+        if ok
+        else f"docker-hostnic.socket is {a.get('hostnic_socket', {}).get('ActiveState')}"
+    )
+
+
+# Judged on the host from calls over the message bus; the harness adds them to the facts.
+BUS_KEYS = {"agent-rpc": "rpc", "agent-volume": "volume"}
+
+
+def _bus_answer(f: dict[str, Any], name: str) -> dict[str, Any]:
+    answer = f.get("bus", {}).get(BUS_KEYS[name])
+    return answer if isinstance(answer, dict) else {}
+
+
+def _bus(name: str) -> Judge:
+    def judge_bus(f: dict[str, Any], e: Expectations) -> Verdict:
+        answer = _bus_answer(f, name)
+        if not answer:
+            return False, "no message bus was given to the boot test"
+        return bool(answer["ok"]), str(answer["detail"])
+
+    return judge_bus
+
+
+# (name, judge, depends_on, agent only). Order is the report's order.
+CHECKS: tuple[tuple[str, Judge, tuple[str, ...], bool], ...] = (
+    ("datasource", _datasource, ("boot",), False),
+    ("cloud-init", _cloud_init, ("datasource",), False),
+    ("hostname", _hostname, ("datasource",), False),
+    ("default-user", _default_user, ("datasource",), False),
+    ("injected-files", _injected, ("datasource",), False),
+    ("docker", _docker, ("boot",), False),
+    ("root-grown", _root_grown, ("boot",), False),
+    ("private-keys", _private_keys, ("boot",), False),
+    ("build-secrets", _build_secrets, ("boot",), False),
+    ("hostnic", _hostnic, ("boot",), True),
+    ("image-loader", _image_loader, ("docker", "injected-files"), True),
+    ("agent", _agent, ("docker", "default-user", "injected-files"), True),
+    ("agent-log", _agent_log, ("agent",), True),
+    ("agent-rpc", _bus("agent-rpc"), ("agent",), True),
+    ("agent-volume", _bus("agent-volume"), ("agent-rpc",), True),
 )
-CHECK_NAMES = ("boot", *(name for name, _, _ in CHECKS), "agent")
+CHECK_NAMES = ("boot", *(name for name, _, _, _ in CHECKS))
 
 
 def judge(
@@ -191,12 +253,18 @@ def judge(
     seconds = (facts or {}).get("seconds", {})
     results = [CheckResult("boot", Status.PASSED if booted else Status.FAILED, boot_detail)]
     failed = {"boot"} if not booted else set()
-    for name, fn, depends in CHECKS:
-        if depends in failed or (facts is None and name != "datasource"):
-            blocker = depends if depends in failed else "datasource"
+    for name, fn, depends, agent_only in CHECKS:
+        if agent_only and not expect.has_agent:
             results.append(
-                CheckResult(name, Status.NOT_RUN, f"not checked: {blocker} failed", 0.0, blocker)
+                CheckResult(name, Status.NOT_APPLICABLE, "the image's manifest lists no agent")
             )
+            continue
+        blockers = [d for d in depends if d in failed]
+        if not blockers and facts is None and name != "datasource":
+            blockers = ["datasource"]
+        if blockers:
+            detail = f"not checked: {', '.join(blockers)} failed"
+            results.append(CheckResult(name, Status.NOT_RUN, detail, 0.0, blockers[0]))
             failed.add(name)
             continue
         if facts is None:
@@ -205,19 +273,9 @@ def judge(
             continue
         ok, detail = fn(facts, expect)
         status = Status.PASSED if ok else Status.FAILED
-        results.append(CheckResult(name, status, detail, float(seconds.get(name, 0.0))))
+        spent = float(_bus_answer(facts, name).get("seconds", 0.0) if name in BUS_KEYS
+                      else seconds.get(name, 0.0))  # fmt: skip
+        results.append(CheckResult(name, status, detail, spent))
         if not ok:
             failed.add(name)
-    results.append(_agent(facts, expect, failed))
     return results
-
-
-def _agent(facts: dict[str, Any] | None, e: Expectations, failed: set[str]) -> CheckResult:
-    if not e.has_agent:
-        return CheckResult("agent", Status.NOT_APPLICABLE, "the image's manifest lists no agent")
-    if facts is None or "docker" in failed:
-        blocker = "docker" if "docker" in failed else "datasource"
-        return CheckResult("agent", Status.NOT_RUN, f"not checked: {blocker} failed", 0, blocker)
-    state = facts.get("agent_unit")
-    ok = state == "active"
-    return CheckResult("agent", Status.PASSED if ok else Status.FAILED, f"guest-agent is {state}")

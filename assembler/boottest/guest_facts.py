@@ -138,6 +138,45 @@ def root_size() -> dict[str, Any]:
     }
 
 
+AGENT_LOG = "/var/log/trove/trove-guestagent.log"
+AGENT_SETTLE_SECONDS = 240.0  # the real agent needs ~50 s of Python imports under TCG
+
+
+def unit_state(unit: str) -> dict[str, str]:
+    out = cmd("systemctl", "show", unit, "-p", "ActiveState,SubState,Result,ExecMainStatus")["out"]
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def agent_facts() -> dict[str, Any]:
+    """Wait (bounded) for the agent to start and write its log, then describe its surroundings."""
+    deadline = time.monotonic() + AGENT_SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        state = unit_state("guest-agent.service")
+        if state.get("ActiveState") == "active" and os.path.exists(AGENT_LOG):
+            break
+        time.sleep(3)
+    log = stat_file(AGENT_LOG)
+    log.pop("sha256", None)
+    try:
+        log["size"] = os.path.getsize(AGENT_LOG)
+    except OSError:
+        log["size"] = 0
+    return {
+        "unit": unit_state("guest-agent.service"),
+        "enabled": cmd("systemctl", "is-enabled", "guest-agent.service")["out"].strip(),
+        "journal": cmd("journalctl", "-u", "guest-agent.service", "-n", "8", "--no-pager", "-q")[
+            "out"
+        ],
+        "log": log,
+        "image_loader": unit_state("trove-image-loader.service"),
+        "image_loader_log": cmd(
+            "journalctl", "-u", "trove-image-loader.service", "-n", "6", "--no-pager", "-q"
+        )["out"],
+        "hostnic_socket": unit_state("docker-hostnic.socket"),
+        "hostnic_listening": os.path.exists("/run/docker/plugins/docker-hostnic.sock"),
+    }
+
+
 def main() -> None:
     expect = read_json(sys.argv[1])
     with open("/proc/uptime") as f:
@@ -164,10 +203,8 @@ def main() -> None:
         docker_enabled=lambda: cmd("systemctl", "is-enabled", "docker.service")["out"].strip(),
         docker_info=lambda: cmd("docker", "info", "--format", "{{.ServerVersion}}"),
     )
-    timed(
-        "agent",
-        agent_unit=lambda: cmd("systemctl", "is-active", "guest-agent.service")["out"].strip(),
-    )
+    if expect.get("agent"):
+        timed("agent", agent=agent_facts)
     timed("injected-files", injected=lambda: {p: stat_file(p) for p in expect.get("injected", [])})
     timed("root-grown", root=root_size)
     timed("private-keys", private_keys=private_keys)

@@ -7,18 +7,23 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from assembler import accel as accel_mod
 from assembler.accel import Accel
+from assembler.boottest.agent_rpc import AgentRpcError, filesystem_stats, wait_for_agent
 from assembler.boottest.checks import Expectations, judge
 from assembler.boottest.configdrive import build_config_drive
+from assembler.boottest.controller import Controller, unpack_trove_release
 from assembler.boottest.instance import InjectedFile, Instance
 from assembler.boottest.metadata import MetadataService
+from assembler.boottest.rabbit import Broker
 from assembler.boottest.report import Report
 from assembler.boottest.vm import METADATA_ADDR, Forward, MachineSpec, Timeouts, boot, console_tail
 from assembler.errors import UsageError
@@ -51,7 +56,19 @@ class BootTestOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     datastore_manager: str = "mysql"
     datastore_version: str = "8.0"
-    transport_url: str = "rabbit://guest:guest@169.254.0.100:5672/"
+    # The message bus the agent talks to: a private broker the harness starts (the default
+    # for an image with an agent), or an operator's own URL as the guest sees it.
+    rabbit: bool | None = None
+    transport_url: str | None = None
+    # Dev mode: the trove tree the harness's controller serves (default: the manifest's release).
+    controller_tree: Path | None = None
+
+
+# Where the guest reaches the harness's broker: inside its user network, as QEMU requires.
+BUS_ADDR, BUS_PORT = "169.254.0.100", 5672
+UNUSED_BUS = f"rabbit://guest:guest@{BUS_ADDR}:{BUS_PORT}/"
+# Where a dev-mode guest reaches the harness's controller sshd.
+CONTROLLER_ADDR, CONTROLLER_PORT = "169.254.0.101", 22
 
 
 def read_manifest(image: Path) -> dict[str, Any]:
@@ -64,7 +81,9 @@ def read_manifest(image: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def injected_files(inst_uuid: str, user: str, opts: BootTestOptions) -> tuple[InjectedFile, ...]:
+def injected_files(
+    inst_uuid: str, user: str, opts: BootTestOptions, transport_url: str
+) -> tuple[InjectedFile, ...]:
     """What Trove's taskmanager injects at launch (get_injected_files), with our options."""
     owner = f"{user}:root"
     guest_info = (
@@ -76,7 +95,7 @@ def injected_files(inst_uuid: str, user: str, opts: BootTestOptions) -> tuple[In
     )
     agent_conf = (
         "[DEFAULT]\n"
-        f"transport_url = {opts.transport_url}\n"
+        f"transport_url = {transport_url}\n"
         "control_exchange = trove\n"
         "log_dir = /var/log/trove/\n"
         "log_file = trove-guestagent.log\n"
@@ -113,41 +132,64 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
         ])  # fmt: skip
         run(["qemu-img", "create", "-q", "-f", "qcow2", volume, str(VOLUME_BYTES)])
         public_key = _keypair(work)
-        inst_uuid = str(uuid.uuid4())
-        inst = Instance(user, public_key, injected_files(inst_uuid, user, opts), uuid=inst_uuid)
-        expect = Expectations(
-            datasource=DATASOURCE_OF[opts.mode],
-            guest_username=user,
-            hostname=inst.hostname,
-            public_key=public_key,
-            files=inst.files,
-            declared_keys=tuple(manifest.get("private_keys", [])),
-            has_agent=bool(manifest.get("agent")),
-            boot_time_slack=5.0,
-        )
-        artifacts = work / "run"
+        has_agent = bool(manifest.get("agent"))
         with contextlib.ExitStack() as stack:
-            metadata: MetadataService | None = None
+            forwards: list[Forward] = []
+            transport_url = opts.transport_url or UNUSED_BUS
+            broker: Broker | None = None
+            if opts.rabbit or (opts.rabbit is None and has_agent):
+                broker = stack.enter_context(Broker())
+                forwards.append(broker.forward(BUS_ADDR, BUS_PORT))
+                transport_url = opts.transport_url or broker.url_from_guest(BUS_ADDR, BUS_PORT)
+            inst_uuid = str(uuid.uuid4())
+            files = injected_files(inst_uuid, user, opts, transport_url)
+            agent = manifest.get("agent") or {}
+            if agent.get("mode") == "dev":
+                ctl = stack.enter_context(_dev_controller(manifest, opts, work))
+                forwards.append(Forward(CONTROLLER_ADDR, CONTROLLER_PORT, ctl.port))
+                # As Trove injects it when it has a controller_address.
+                conf = (
+                    f"CONTROLLER={CONTROLLER_ADDR}\nCONTROLLER_SSH_PORT={CONTROLLER_PORT}\n"
+                    f"PATH_TROVE={ctl.trove_path}\n"
+                )
+                files += (InjectedFile("/etc/trove/controller.conf", conf, f"{user}:root", "0644"),)
+            inst = Instance(user, public_key, files, uuid=inst_uuid, has_agent=has_agent)
+            expect = Expectations(
+                datasource=DATASOURCE_OF[opts.mode],
+                guest_username=user,
+                hostname=inst.hostname,
+                public_key=public_key,
+                files=inst.files,
+                declared_keys=tuple(manifest.get("private_keys", [])),
+                has_agent=has_agent,
+                boot_time_slack=5.0,
+            )
             config_drive: Path | None = None
-            forwards: tuple[Forward, ...] = ()
+            metadata: MetadataService | None = None
             if opts.mode is Mode.CONFIG_DRIVE:
                 config_drive = work / "config-drive.iso"
                 build_config_drive(inst, config_drive)
             else:
                 metadata = stack.enter_context(MetadataService(inst))
-                forwards = (Forward(METADATA_ADDR, 80, metadata.port),)
+                forwards.append(Forward(METADATA_ADDR, 80, metadata.port))
+            artifacts = work / "run"
             spec = MachineSpec(
-                disk=disk, volume=volume, config_drive=config_drive, forwards=forwards,
+                disk=disk, volume=volume, config_drive=config_drive, forwards=tuple(forwards),
                 accel=chosen, uuid=inst.uuid, mac=inst.mac, workdir=artifacts,
             )  # fmt: skip
-            result = boot(spec, opts.timeouts)
+            bus_calls = None
+            if has_agent and broker is not None:
+                bus_calls = partial(_call_agent, broker.host_url, inst_uuid, opts)
+            result = boot(spec, opts.timeouts, bus_calls)
         booted = result.kernel_seen or result.facts is not None
         boot_detail = (
             "the guest booted" + (" to its login prompt" if result.login_seen else "")
             if booted
             else f"no kernel output on the console ({result.error}): {console_tail(spec)}"
         )
-        cloud_init_lines = console_tail(spec, 4, ("cloud-init", "Cloud-init", "ds-identify"))
+        # What most often explains missing facts: the datasource, or systemd dropping a job.
+        evidence = ("ordering cycle", "deleted to break", "ds-identify", "Cloud-init v.")
+        cloud_init_lines = console_tail(spec, 4, evidence)
         no_facts = f"{result.error}; console: {cloud_init_lines or console_tail(spec)}"
         checks = judge(
             result.facts, expect, booted=booted, boot_detail=boot_detail, no_facts_detail=no_facts
@@ -162,6 +204,46 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
         if not report.passed or result.error:
             report.artifacts = _keep_artifacts(artifacts, opts, report_path)
     return report
+
+
+def _dev_controller(manifest: dict[str, Any], opts: BootTestOptions, work: Path) -> Controller:
+    agent = manifest["agent"]
+    public = agent.get("dev_public_key")
+    if not public:
+        raise UsageError("the dev-mode image's manifest has no dev_public_key for the controller")
+    tree = opts.controller_tree or unpack_trove_release(agent["version"], work / "controller")
+    user = manifest.get("inputs", {}).get("host_scp_username")
+    return Controller(tree, public, user)
+
+
+def _call_agent(url: str, guest_id: str, opts: BootTestOptions, started: float) -> dict[str, Any]:
+    """Play Trove's taskmanager on the bus: rpc_ping, then a read-only call on the volume."""
+    answers: dict[str, Any] = {}
+    begun = time.monotonic()
+    try:
+        since_start = wait_for_agent(url, guest_id, opts.timeouts.agent, since=started)
+        answers["rpc"] = {
+            "ok": True,
+            "detail": f"rpc_ping answered {since_start:.0f} s after QEMU started",
+            "seconds": time.monotonic() - begun,
+        }
+    except AgentRpcError as exc:
+        answers["rpc"] = {"ok": False, "detail": str(exc), "seconds": time.monotonic() - begun}
+        return answers
+    begun = time.monotonic()
+    mount_point = f"/var/lib/{opts.datastore_manager}"
+    try:
+        stats = filesystem_stats(url, guest_id, mount_point)
+        total = float(stats.get("total", 0))
+        answers["volume"] = {
+            "ok": total > 0,
+            "detail": f"get_filesystem_stats: {mount_point} of {total} GB, "
+            f"{stats.get('used')} GB used",
+            "seconds": time.monotonic() - begun,
+        }
+    except AgentRpcError as exc:
+        answers["volume"] = {"ok": False, "detail": str(exc), "seconds": time.monotonic() - begun}
+    return answers
 
 
 def _keep_artifacts(

@@ -44,6 +44,7 @@ class Instance:
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     hostname: str = field(default_factory=lambda: f"trove-boot-{secrets.token_hex(3)}")
     mac: str = "fa:16:3e:00:00:01"  # Nova's prefix
+    has_agent: bool = False  # the gatherer then waits for the agent to start
 
     def meta_data(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class Instance:
             "user": self.guest_username,
             "injected": [f.path for f in self.files],
             "port": FACTS_PORT,
+            "agent": self.has_agent,
         }
 
     def user_data(self) -> str:

@@ -11,14 +11,16 @@ import contextlib
 import json
 import logging
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from qemu.qmp import EventListener, QMPClient, QMPError
 
+from assembler import cancel
 from assembler.accel import Accel
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Timeouts:
     facts: float = 300.0
     after_login: float = 120.0  # a login prompt with no facts this long after: none will come
     powerdown: float = 60.0
+    agent: float = 180.0  # after the facts: the agent's first rpc_ping answer
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,11 @@ class MachineSpec:
         return argv
 
 
+# Called once the guest's facts are in, while it still runs, with QEMU's start time
+# (time.monotonic()); what it returns joins the facts under "bus".
+WhileRunning = Callable[[float], dict[str, Any]]
+
+
 @dataclass
 class BootResult:
     facts: dict[str, Any] | None
@@ -158,13 +166,27 @@ async def _connect(
             await asyncio.sleep(0.2)
 
 
-async def _boot(spec: MachineSpec, timeouts: Timeouts, on_failure_dump: bool) -> BootResult:
+async def _boot(
+    spec: MachineSpec, timeouts: Timeouts, while_running: WhileRunning | None
+) -> BootResult:
     spec.workdir.mkdir(parents=True, exist_ok=True)
     stderr = (spec.workdir / "qemu.stderr").open("wb")
     log.info("starting QEMU (%s)", spec.accel)
     log.debug("qemu: %s", " ".join(spec.argv()))
     started = time.monotonic()
     proc = subprocess.Popen(spec.argv(), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    with cancel.child(proc.pid):
+        return await _drive(proc, spec, timeouts, while_running, started, stderr)
+
+
+async def _drive(
+    proc: subprocess.Popen[bytes],
+    spec: MachineSpec,
+    timeouts: Timeouts,
+    while_running: WhileRunning | None,
+    started: float,
+    stderr: IO[bytes],
+) -> BootResult:
     qmp = QMPClient("trove-boot-test")
     events: list[dict[str, Any]] = []
     everything = EventListener()
@@ -187,8 +209,11 @@ async def _boot(spec: MachineSpec, timeouts: Timeouts, on_failure_dump: bool) ->
                 if facts is not None:
                     result.facts = facts
                     result.boot_seconds = time.monotonic() - started
+                    if while_running is not None:
+                        facts["bus"] = await _in_thread(while_running, started)
                     break
                 if proc.poll() is not None:
+                    cancel.check()
                     result.error = f"QEMU exited with {proc.returncode}"
                     break
                 now = time.monotonic()
@@ -202,7 +227,7 @@ async def _boot(spec: MachineSpec, timeouts: Timeouts, on_failure_dump: bool) ->
                     )
                     break
             if proc.poll() is None:
-                if result.facts is None and on_failure_dump:
+                if result.facts is None:
                     result.screendump = await _screendump(qmp, spec.workdir / "screen.png")
                 result.clean_powerdown = await _powerdown(qmp, everything, events, timeouts)
                 with contextlib.suppress(QMPError):
@@ -216,6 +241,29 @@ async def _boot(spec: MachineSpec, timeouts: Timeouts, on_failure_dump: bool) ->
         stderr.close()
         (spec.workdir / "qmp-events.json").write_text(json.dumps(events, indent=1))
     return result
+
+
+async def _in_thread(fn: WhileRunning, started: float) -> dict[str, Any]:
+    """Run blocking calls (the message bus) beside the loop while the guest keeps running.
+
+    A thread of our own, not the loop's default executor: the oslo.messaging stack those calls
+    load must not be able to hold up the loop's shutdown.
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn(started)
+        except Exception as exc:  # handed back to the loop's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="boot-test-bus", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        await asyncio.sleep(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return dict(outcome["value"])
 
 
 def _drain(listener: EventListener, into: list[dict[str, Any]]) -> None:
@@ -255,8 +303,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def boot(spec: MachineSpec, timeouts: Timeouts, on_failure_dump: bool = True) -> BootResult:
-    return asyncio.run(_boot(spec, timeouts, on_failure_dump))
+def boot(
+    spec: MachineSpec, timeouts: Timeouts, while_running: WhileRunning | None = None
+) -> BootResult:
+    return asyncio.run(_boot(spec, timeouts, while_running))
 
 
 def console_tail(spec: MachineSpec, lines: int = 5, grep: Sequence[str] = ()) -> str:

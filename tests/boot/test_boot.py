@@ -19,7 +19,7 @@ from assembler.boottest.checks import Status
 from assembler.boottest.harness import BootTestOptions, Mode, run_boot_test
 from assembler.boottest.vm import Timeouts
 from tests.boot.conftest import NEGATIVES
-from tests.image.conftest import Built
+from tests.builds import Built
 
 pytestmark = pytest.mark.boot
 
@@ -42,8 +42,10 @@ def test_production_image_through_the_metadata_service(
     assert report["passed"] is True
     by = {c["name"]: c for c in report["checks"]}
     assert by["datasource"]["passed"] and "DataSourceOpenStack" in by["datasource"]["detail"]
-    assert by["agent"]["passed"] is None and by["agent"]["status"] == "not-applicable"
-    assert all(c["passed"] for n, c in by.items() if n != "agent")
+    assert all(c["passed"] and c["status"] == "passed" for c in by.values()), by
+    # The real agent, baked in the image, answered Trove's calls over the bus.
+    assert "rpc_ping answered" in by["agent-rpc"]["detail"]
+    assert "get_filesystem_stats" in by["agent-volume"]["detail"]
     # The guest really used our metadata service: cloud-init read the instance's documents.
     paths = {r["path"] for r in report["metadata_requests"] if r["status"] == 200}
     assert any(p.endswith("/meta_data.json") for p in paths)
@@ -54,6 +56,8 @@ def test_production_image_through_the_metadata_service(
 
 
 def test_dev_vmdk_through_a_config_drive(vmdk_dev: Built) -> None:
+    # Dev mode: no trove in the image; the guest fetches it from the harness's controller.
+    assert vmdk_dev.manifest["agent"]["baked"] is False
     report = run_boot_test(
         BootTestOptions(
             image=vmdk_dev.image, mode=Mode.CONFIG_DRIVE, accel=Accel.TCG, timeouts=TEST_TIMEOUTS
@@ -63,13 +67,14 @@ def test_dev_vmdk_through_a_config_drive(vmdk_dev: Built) -> None:
     assert report.passed, report.table()
     assert "DataSourceConfigDrive" in by["datasource"].detail
     assert report.metadata_requests == []
+    assert by["agent-rpc"].status is Status.PASSED
 
 
 @pytest.mark.parametrize("name", sorted(NEGATIVES))
 def test_negative_image_fails_the_right_check(
     name: str, negative_images: dict[str, Path], tmp_path: Path
 ) -> None:
-    _, check, cause = NEGATIVES[name]
+    _, _, check, cause = NEGATIVES[name]
     report = run_boot_test(
         BootTestOptions(
             image=negative_images[name], accel=Accel.TCG, guest_username="ubuntu",
@@ -90,6 +95,28 @@ def test_negative_image_fails_the_right_check(
             assert by[c.depends_on].status is Status.FAILED, report.table()
     # Failure evidence is kept: the console log at least, and a screendump without facts.
     assert (tmp_path / "artifacts" / "console.log").stat().st_size > 0
+
+
+def test_wrong_bus_url_fails_the_rpc_check(raw_production: Built, tmp_path: Path) -> None:
+    """The broker runs, but the injected config sends the agent to a port nobody forwards."""
+    report = run_boot_test(
+        BootTestOptions(
+            image=raw_production.image, accel=Accel.TCG, timeouts=Timeouts(facts=300, after_login=100, agent=60),
+            rabbit=True, transport_url="rabbit://guest:guest@169.254.0.100:5673/",
+            artifacts=tmp_path / "artifacts",
+        )
+    )  # fmt: skip
+    by = {c.name: c for c in report.checks}
+    assert by["agent-rpc"].status is Status.FAILED, report.table()
+    assert "guestagent." in by["agent-rpc"].detail
+    assert (
+        by["agent-volume"].status is Status.NOT_RUN and by["agent-volume"].depends_on == "agent-rpc"
+    )
+    assert all(
+        c.status is Status.PASSED
+        for c in report.checks
+        if c.name not in ("agent-rpc", "agent-volume")
+    ), report.table()
 
 
 def test_boot_test_bad_input(tmp_path: Path) -> None:

@@ -128,7 +128,20 @@ GOOD_FACTS: dict[str, Any] = {
     "docker_active": "active",
     "docker_enabled": "enabled",
     "docker_info": {"rc": 0, "out": "20.10.24\n"},
-    "agent_unit": "inactive",
+    "agent": {
+        "unit": {"ActiveState": "active", "SubState": "running", "Result": "success"},
+        "enabled": "enabled",
+        "journal": "",
+        "log": {"exists": True, "owner": "ubuntu", "group": "root", "mode": "0644", "size": 2048},
+        "image_loader": {"ActiveState": "active", "Result": "success", "ExecMainStatus": "0"},
+        "image_loader_log": "docker_image: mysql:8.0 present",
+        "hostnic_socket": {"ActiveState": "active"},
+        "hostnic_listening": True,
+    },
+    "bus": {
+        "rpc": {"ok": True, "detail": "rpc_ping answered after 81 s", "seconds": 81.0},
+        "volume": {"ok": True, "detail": "1.0 GB volume", "seconds": 0.1},
+    },
     "injected": {
         FILES[0].path: {
             "exists": True,
@@ -164,11 +177,16 @@ def verdicts(facts: dict[str, Any] | None, **kw: Any) -> dict[str, tuple[Status,
     return {r.name: (r.status, r.detail) for r in results}
 
 
-def test_good_facts_pass_and_agent_is_not_applicable() -> None:
+AGENT_CHECKS = {"hostnic", "image-loader", "agent", "agent-log", "agent-rpc", "agent-volume"}
+
+
+def test_good_facts_pass_and_agent_checks_are_not_applicable_without_agent() -> None:
     v = verdicts(copy.deepcopy(GOOD_FACTS))
-    assert {n: s for n, (s, _) in v.items() if s is not Status.PASSED} == {
-        "agent": Status.NOT_APPLICABLE
-    }
+    assert {n: s for n, (s, _) in v.items() if s is not Status.PASSED} == dict.fromkeys(
+        AGENT_CHECKS, Status.NOT_APPLICABLE
+    )
+    v = verdicts(copy.deepcopy(GOOD_FACTS), has_agent=True)
+    assert all(s is Status.PASSED for s, _ in v.values()), v
 
 
 def broken(path: str, value: Any) -> dict[str, Any]:
@@ -249,18 +267,68 @@ def test_no_facts_fails_datasource_with_the_console_evidence() -> None:
     assert all(
         by[n].depends_on == "datasource"
         for n in CHECK_NAMES
-        if n not in ("boot", "datasource", "agent")
+        if n not in ("boot", "datasource") and n not in AGENT_CHECKS
     )
+    assert all(by[n].status is Status.NOT_APPLICABLE for n in AGENT_CHECKS)
 
 
-def test_agent_is_judged_only_when_the_manifest_lists_one() -> None:
-    assert verdicts(copy.deepcopy(GOOD_FACTS), has_agent=True)["agent"][0] is Status.FAILED
-    ok = broken("agent_unit", "active")
-    assert verdicts(ok, has_agent=True)["agent"][0] is Status.PASSED
+@pytest.mark.parametrize(
+    ("path", "value", "check", "cause", "blocked"),
+    [
+        (
+            "agent.unit",
+            {"ActiveState": "failed", "SubState": "failed"},
+            "agent",
+            "failed/failed",
+            {"agent-log", "agent-rpc", "agent-volume"},
+        ),
+        ("agent.log", {"exists": False}, "agent-log", "trove-guestagent.log", set()),
+        (
+            "agent.image_loader",
+            {"ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "1"},
+            "image-loader",
+            "exit-code",
+            set(),
+        ),
+        ("agent.hostnic_listening", False, "hostnic", "docker-hostnic.socket", set()),
+        (
+            "bus.rpc",
+            {"ok": False, "detail": "no agent listens on topic guestagent.x", "seconds": 5},
+            "agent-rpc",
+            "no agent listens",
+            {"agent-volume"},
+        ),
+        (
+            "bus.volume",
+            {"ok": False, "detail": "Filesystem not found", "seconds": 1},
+            "agent-volume",
+            "Filesystem not found",
+            set(),
+        ),
+    ],
+)
+def test_agent_checks_fail_on_their_cause(
+    path: str, value: Any, check: str, cause: str, blocked: set[str]
+) -> None:
+    v = verdicts(broken(path, value), has_agent=True)
+    assert v[check][0] is Status.FAILED and cause in v[check][1]
+    assert {n for n, (s, _) in v.items() if s is Status.NOT_RUN} == blocked
+    assert all(s is Status.PASSED for n, (s, _) in v.items() if n != check and n not in blocked)
+
+
+def test_agent_waits_on_docker_and_sudo() -> None:
+    v = verdicts(broken("docker_active", "inactive"), has_agent=True)
+    assert v["agent"] == (Status.NOT_RUN, "not checked: docker failed")
+    assert v["image-loader"][0] is Status.NOT_RUN
+    v = verdicts(broken("user.sudo", {"rc": 1, "out": "password required"}), has_agent=True)
+    assert v["agent"] == (Status.NOT_RUN, "not checked: default-user failed")
+
+
+def test_declared_keys_are_allowed() -> None:
+    facts = broken("private_keys", [{"path": "/home/ubuntu/.ssh/id_ed25519", "mtime": 1.0}])
+    assert verdicts(facts)["private-keys"][0] is Status.FAILED
     assert (
-        verdicts(copy.deepcopy(GOOD_FACTS), declared_keys=("/home/ubuntu/.ssh/id_ed25519",))[
-            "private-keys"
-        ][0]
+        verdicts(facts, declared_keys=("/home/ubuntu/.ssh/id_ed25519",))["private-keys"][0]
         is Status.PASSED
     )
 
@@ -276,7 +344,7 @@ def test_reports(tmp_path: Path) -> None:
     assert doc["passed"] is False and doc["boot_seconds"] is None
     assert [c["name"] for c in doc["checks"]] == list(CHECK_NAMES)
     assert set(doc["checks"][0]) >= {"name", "passed", "detail", "seconds"}
-    agent = next(c for c in doc["checks"] if c["name"] == "agent")
+    agent = next(c for c in doc["checks"] if c["name"] == "agent-rpc")
     assert agent["passed"] is None and agent["status"] == "not-applicable"
     report.write_junit(tmp_path / "r.xml")
     suite = ET.parse(tmp_path / "r.xml").getroot().find("testsuite")
