@@ -52,7 +52,7 @@ def steps(agent: AgentPayload, dev_key: KeyPair | None) -> tuple[tuple[str, Step
         ("cloud-init-etc-hosts", cloudinit.etc_hosts),
         ("trove-directories", trove.directories),
         ("agent-venv", partial(agent_steps.install_venv, payload=agent)),
-        ("agent-services", agent_steps.services),
+        ("agent-services", partial(agent_steps.services, payload=agent)),
         ("agent-controller", agent_steps.controller),
         *([("dev-keys", partial(agent_steps.dev_keys, pair=dev_key))] if dev_key else []),
         ("apt-cleanup", apt.cleanup),

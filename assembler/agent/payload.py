@@ -27,6 +27,8 @@ from assembler.agent.wheelhouse import (
     build_wheelhouse,
     check_agent_source,
 )
+from assembler.boottest.guest_facts import MAX_KEY_SCAN_SIZE as MAX_KEY_FILE
+from assembler.boottest.guest_facts import PEM_PRIVATE_KEY
 from assembler.config import BuildConfig
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class AgentPayload:
     staging: Path  # stands for the guest's /
     subtrees: tuple[PurePosixPath, ...]  # what to upload from it
     dev_mode: bool
+    removed_keys: tuple[str, ...] = ()
 
     def manifest(self) -> dict[str, object]:
         return {
@@ -46,6 +49,7 @@ class AgentPayload:
             "venv": str(VENV_PREFIX),
             # Dev mode runs trove from the controller's checkout; only its requirements are baked.
             "baked": not self.dev_mode,
+            "removed_test_keys": list(self.removed_keys),
         }
 
 
@@ -78,9 +82,27 @@ def prepare_agent(cfg: BuildConfig, workdir: Path) -> AgentPayload:
         include_agent=not cfg.dev_mode,
         compile_bytecode=host_can_compile(wheelhouse.python),
     )
+    removed = strip_private_keys(staging)
     subtrees = [VENV_PREFIX]
     if cfg.dev_mode:
         stage_wheelhouse(wheelhouse, staging)
         subtrees.append(WHEELS_PREFIX)
     log.info("agent %s for Python %s ready to upload", wheelhouse.agent_source, spec.python)
-    return AgentPayload(wheelhouse, staging, tuple(subtrees), cfg.dev_mode)
+    return AgentPayload(wheelhouse, staging, tuple(subtrees), cfg.dev_mode, tuple(removed))
+
+
+def strip_private_keys(staging: Path) -> list[str]:
+    """Remove the private keys some distributions ship as test fixtures (novaclient,
+    glanceclient, oslo.service...): no private key may reach a production image, and no code
+    path of the agent reads them. Returns their guest paths, for the manifest."""
+    removed = []
+    for path in sorted(staging.rglob("*")):
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_KEY_FILE:
+            continue
+        data = path.read_bytes()
+        if b"PRIVATE KEY-----" in data and PEM_PRIVATE_KEY.search(data):
+            path.unlink()
+            removed.append("/" + str(path.relative_to(staging)))
+    if removed:
+        log.info("removed %d private keys shipped as test fixtures: %s", len(removed), removed)
+    return removed

@@ -345,3 +345,59 @@ def wait_for_agent(
         f"the agent on topic {client.topic} did not answer rpc_ping within "
         f"{deadline_seconds:.0f} s; last: {last}"
     )
+
+
+def taskmanager_calls(
+    url: str, guest_id: str, deadline_seconds: float, since: float, mount_point: str
+) -> dict[str, Any]:
+    """What the boot test asks the agent, as Trove's taskmanager would: rpc_ping until it
+    answers, then get_filesystem_stats of its volume. Each answer: ok, detail, seconds."""
+    answers: dict[str, Any] = {}
+    begun = time.monotonic()
+    try:
+        after = wait_for_agent(url, guest_id, deadline_seconds, since=since)
+    except AgentRpcError as exc:
+        answers["rpc"] = {"ok": False, "detail": str(exc), "seconds": time.monotonic() - begun}
+        return answers
+    answers["rpc"] = {
+        "ok": True,
+        "detail": f"rpc_ping answered {after:.0f} s after QEMU started",
+        "seconds": time.monotonic() - begun,
+    }
+    begun = time.monotonic()
+    try:
+        stats = filesystem_stats(url, guest_id, mount_point)
+    except AgentRpcError as exc:
+        answers["volume"] = {"ok": False, "detail": str(exc), "seconds": time.monotonic() - begun}
+        return answers
+    total = float(stats.get("total", 0))
+    answers["volume"] = {
+        "ok": total > 0,
+        "detail": f"get_filesystem_stats: {mount_point} of {total} GB, {stats.get('used')} GB used",
+        "seconds": time.monotonic() - begun,
+    }
+    return answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m assembler.boottest.agent_rpc URL GUEST_ID DEADLINE SINCE MOUNT_POINT`: the
+    taskmanager calls, answered as one JSON line. The boot test runs them in a process of their
+    own: the oslo.messaging stack starts green threads whose teardown can hang the thread that
+    ran them, and the harness must never hang."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    url, guest_id, deadline, since, mount_point = args
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    answers = taskmanager_calls(url, guest_id, float(deadline), float(since), mount_point)
+    print(json.dumps(answers), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import os
+
+    code = main()
+    # Skip interpreter teardown: the same green threads could hang it, and all is said.
+    os._exit(code)

@@ -139,11 +139,12 @@ def root_size() -> dict[str, Any]:
 
 
 AGENT_LOG = "/var/log/trove/trove-guestagent.log"
-AGENT_SETTLE_SECONDS = 240.0  # the real agent needs ~50 s of Python imports under TCG
+AGENT_SETTLE_SECONDS = 150.0  # the real agent writes its first log line ~50 s after boot
 
 
 def unit_state(unit: str) -> dict[str, str]:
-    out = cmd("systemctl", "show", unit, "-p", "ActiveState,SubState,Result,ExecMainStatus")["out"]
+    props = "ActiveState,SubState,Result,ExecMainStatus,NRestarts"
+    out = cmd("systemctl", "show", unit, "-p", props)["out"]
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -153,6 +154,11 @@ def agent_facts() -> dict[str, Any]:
     while time.monotonic() < deadline:
         state = unit_state("guest-agent.service")
         if state.get("ActiveState") == "active" and os.path.exists(AGENT_LOG):
+            break
+        # Disabled, or failing before it could log: no point waiting for it.
+        if cmd("systemctl", "is-enabled", "guest-agent.service")["out"].strip() != "enabled":
+            break
+        if state.get("Result") not in ("success", None) and int(state.get("NRestarts", "0")) > 2:
             break
         time.sleep(3)
     log = stat_file(AGENT_LOG)

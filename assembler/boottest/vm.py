@@ -114,8 +114,8 @@ class MachineSpec:
 
 
 # Called once the guest's facts are in, while it still runs, with QEMU's start time
-# (time.monotonic()); what it returns joins the facts under "bus".
-WhileRunning = Callable[[float], dict[str, Any]]
+# (time.monotonic()) and the facts; what it returns joins the facts under "bus".
+WhileRunning = Callable[[float, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -157,6 +157,11 @@ async def _connect(
     while True:
         if proc.poll() is not None:
             raise QMPError(f"QEMU exited with {proc.returncode} before QMP was up")
+        if not socket.exists():  # QEMU has not created it yet; connecting would only log noise
+            if time.monotonic() > deadline:
+                raise QMPError(f"QEMU made no QMP socket within {limit:.0f} s")
+            await asyncio.sleep(0.2)
+            continue
         try:
             await qmp.connect(str(socket))
             return
@@ -210,7 +215,7 @@ async def _drive(
                     result.facts = facts
                     result.boot_seconds = time.monotonic() - started
                     if while_running is not None:
-                        facts["bus"] = await _in_thread(while_running, started)
+                        facts["bus"] = await _in_thread(while_running, started, facts)
                     break
                 if proc.poll() is not None:
                     cancel.check()
@@ -243,7 +248,7 @@ async def _drive(
     return result
 
 
-async def _in_thread(fn: WhileRunning, started: float) -> dict[str, Any]:
+async def _in_thread(fn: WhileRunning, started: float, facts: dict[str, Any]) -> dict[str, Any]:
     """Run blocking calls (the message bus) beside the loop while the guest keeps running.
 
     A thread of our own, not the loop's default executor: the oslo.messaging stack those calls
@@ -253,7 +258,7 @@ async def _in_thread(fn: WhileRunning, started: float) -> dict[str, Any]:
 
     def work() -> None:
         try:
-            outcome["value"] = fn(started)
+            outcome["value"] = fn(started, facts)
         except Exception as exc:  # handed back to the loop's thread
             outcome["error"] = exc
 

@@ -37,7 +37,7 @@ def install_venv(g: Any, cfg: BuildConfig, payload: AgentPayload) -> None:
     sh(g, "agent-venv", f"{VENV_PREFIX}/bin/python3 -c 'import sys; print(sys.version)'")
 
 
-def services(g: Any, cfg: BuildConfig) -> None:
+def services(g: Any, cfg: BuildConfig, payload: AgentPayload) -> None:
     user = cfg.guest_username
     for overlay, path in {**SCRIPTS, **(DEV_SCRIPTS if cfg.dev_mode else {})}.items():
         write(g, path, resource(f"overlays/agent/{overlay}").read_text(), mode=0o755)
@@ -47,6 +47,7 @@ def services(g: Any, cfg: BuildConfig) -> None:
             user=user,
             host_user=cfg.host_scp_username,
             trove_path=cfg.agent.controller_trove_path,
+            agent_version=payload.wheelhouse.agent_version,
         )
         plugin = f"{VENV_PREFIX}/bin/python /home/{user}/trove/contrib/trove-network-driver"
     else:

@@ -158,3 +158,55 @@ def test_base_is_never_modified(debian_base: Path, raw_production: Built) -> Non
     from assembler.manifest import sha256_file
 
     assert sha256_file(debian_base) == raw_production.manifest["base"]["sha256"]
+
+
+def test_production_agent_is_baked(raw_production: Built, inspect: Inspector) -> None:
+    g = inspect(raw_production.image, "raw")
+    agent = raw_production.manifest["agent"]
+    assert agent["mode"] == "production" and agent["baked"] is True
+    assert agent["version"] == "26.0.0" and agent["python"] == "3.11"
+    assert len(agent["wheels"]) > 100 and all(len(h) == 64 for h in agent["wheels"].values())
+    venv = "/opt/guest-agent-venv"
+    assert g.readlink(f"{venv}/bin/python3") == "/usr/bin/python3.11"
+    assert g.is_file(f"{venv}/lib/python3.11/site-packages/trove/cmd/guest.py")
+    assert g.readlink("/usr/local/bin/guest-agent") == f"{venv}/bin/trove-guestagent"
+    assert g.head_n(1, f"{venv}/bin/trove-guestagent") == [f"#!{venv}/bin/python3"]
+    uid = int(entries(g, "/etc/passwd")["ubuntu"][2])
+    assert g.statns(venv)["st_uid"] == uid
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    for unit in ("guest-agent.service", "trove-image-loader.service"):
+        assert g.is_symlink(f"{wants}/{unit}"), unit
+    assert g.is_symlink("/etc/systemd/system/sockets.target.wants/docker-hostnic.socket")
+    assert "User=ubuntu" in g.cat("/etc/systemd/system/guest-agent.service")
+    assert "/var/log/trove/trove-guestagent.log" in g.cat("/etc/logrotate.d/guest-agent")
+    # No private key at all in a production image; the fixtures some packages ship are gone.
+    assert raw_production.manifest["private_keys"] == []
+    for path in agent["removed_test_keys"]:
+        assert not g.exists(path)
+    assert not g.exists("/home/ubuntu/.ssh/id_ed25519")
+
+
+def test_dev_agent_fetches_its_code(vmdk_dev: Built, inspect: Inspector) -> None:
+    g = inspect(vmdk_dev.image, "vmdk")
+    m = vmdk_dev.manifest
+    assert m["agent"]["mode"] == "dev" and m["agent"]["baked"] is False
+    venv = "/opt/guest-agent-venv/lib/python3.11/site-packages"
+    assert g.is_dir(f"{venv}/oslo_messaging") and not g.exists(f"{venv}/trove")
+    assert g.is_file("/opt/guest-agent-venv/bin/pip")
+    assert g.glob_expand("/opt/guest-agent-wheels/trove-*.whl") == []
+    assert len(g.glob_expand("/opt/guest-agent-wheels/*.whl")) > 100
+    unit = g.cat("/etc/systemd/system/guest-agent.service")
+    assert "EnvironmentFile=/etc/trove/controller.conf" in unit
+    assert "ExecStartPre=/usr/local/sbin/trove-dev-fetch" in unit
+    assert "contrib/trove-guestagent" in unit
+    # The build's own key pair: installed for the guest user, declared, kept beside the image.
+    key = "/home/ubuntu/.ssh/id_ed25519"
+    assert m["private_keys"] == [key]
+    st = g.statns(key)
+    uid = int(entries(g, "/etc/passwd")["ubuntu"][2])
+    assert (st["st_mode"] & 0o777, st["st_uid"]) == (0o600, uid)
+    public = m["agent"]["dev_public_key"]
+    assert public in g.cat("/home/ubuntu/.ssh/authorized_keys")
+    beside = vmdk_dev.image.with_name(vmdk_dev.image.name + ".dev-key")
+    assert beside.stat().st_mode & 0o777 == 0o600
+    assert g.cat(key).encode() == beside.read_bytes()
