@@ -21,11 +21,11 @@ Edit = Callable[[Any], None]
 
 
 def _disable_docker(g: Any) -> None:
-    for unit in (
-        "/etc/systemd/system/multi-user.target.wants/docker.service",
-        "/etc/systemd/system/sockets.target.wants/docker.socket",
-    ):
-        g.rm_f(unit)
+    # Masked, not just disabled: trove-image-loader Requires docker and would start it anyway.
+    for unit in ("docker.service", "docker.socket"):
+        g.rm_f(f"/etc/systemd/system/multi-user.target.wants/{unit}")
+        g.rm_f(f"/etc/systemd/system/sockets.target.wants/{unit}")
+        g.ln_sf("/dev/null", f"/etc/systemd/system/{unit}")
 
 
 def _no_openstack_datasource(g: Any) -> None:
