@@ -54,7 +54,7 @@ def test_output_format_and_manifest(case: tuple[Built, Any, tuple[str, ...]]) ->
     assert m["inputs"]["accel"] == "tcg"
     assert len(m["base"]["sha256"]) == 64
     names = [s["name"] for s in m["steps"]]
-    assert names[0] == "launch" and names[-1] == "convert"
+    assert names[0] == "agent-prepare" and names[1] == "launch" and names[-1] == "convert"
     assert {"packages", "hygiene", "trim"} <= set(names)
     assert all(s["seconds"] >= 0 for s in m["steps"])
     assert re.match(r"^\d", m["packages"]["docker.io"])
@@ -128,7 +128,8 @@ def test_root_filesystem_grown(case: tuple[Built, Any, tuple[str, ...]]) -> None
     built, g, _ = case
     disk = built.manifest["output"]["virtual_size"]
     assert disk == built.manifest["inputs"]["size_bytes"]
-    root = g.inspect_os()[0]
+    # inspect_get_roots, not inspect_os: a new inspection unmounts the shared handle.
+    root = g.inspect_get_roots()[0]
     device, partnum = g.part_to_dev(root), g.part_to_partnum(root)
     parts = sorted(g.part_list(device), key=lambda p: p["part_start"])
     assert parts[-1]["part_num"] == partnum
