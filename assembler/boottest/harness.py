@@ -17,6 +17,7 @@ from typing import Any
 
 from assembler import accel as accel_mod
 from assembler.accel import Accel
+from assembler.agent.devkeys import KeyPair
 from assembler.boottest.checks import Expectations, judge
 from assembler.boottest.configdrive import build_config_drive
 from assembler.boottest.controller import Controller, unpack_trove_release
@@ -110,12 +111,6 @@ def injected_files(
     )
 
 
-def _keypair(workdir: Path) -> str:
-    key = workdir / "keypair"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "trove-boot-test", "-f", key])
-    return (workdir / "keypair.pub").read_text().strip()
-
-
 def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Report:
     disk_image = inspect_disk(opts.image)
     fmt, size = disk_image.format, disk_image.virtual_size
@@ -132,7 +127,8 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
             disk, str(size + EXTRA_ROOT_BYTES),
         ])  # fmt: skip
         run(["qemu-img", "create", "-q", "-f", "qcow2", volume, str(VOLUME_BYTES)])
-        public_key = _keypair(work)
+        # The instance's keypair: only its public half is served; nothing logs in with it.
+        public_key = KeyPair.generate("trove-boot-test").public
         has_agent = bool(manifest.get("agent"))
         with contextlib.ExitStack() as stack:
             forwards: list[Forward] = []
