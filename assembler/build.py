@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -16,17 +17,21 @@ from typing import Any
 from assembler import accel as accel_mod
 from assembler import cancel
 from assembler.agent.devkeys import KeyPair, authorize_on_controller, save_beside
-from assembler.agent.payload import AgentPayload, check_agent, prepare_agent
+from assembler.agent.payload import AgentPayload, agent_wheelhouse, check_agent, prepare_agent
+from assembler.agent.wheelhouse import Wheelhouse
 from assembler.config import BuildConfig
 from assembler.convert import convert, image_info
+from assembler.distros import apt_sources
 from assembler.errors import AssemblerError, BuildError, UsageError
 from assembler.fetch import resolve_base
 from assembler.formats import FORMATS
 from assembler.guest import appliance
 from assembler.images import DiskImage, inspect_disk
+from assembler.layers import Entry, LayerCache, Parent, digest_files
 from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
+from assembler.packages import DOCKER, RUNTIME_PACKAGES
 from assembler.paths import cache_dir
-from assembler.run import run
+from assembler.resources import resource_files
 from assembler.steps import agent as agent_steps
 from assembler.steps import apt, cloudinit, disk, docker, hygiene, packages, trove, user
 
@@ -35,17 +40,31 @@ log = logging.getLogger(__name__)
 Step = Callable[[Any, BuildConfig], None]
 
 
-def steps(agent: AgentPayload, dev_key: KeyPair | None) -> tuple[tuple[str, Step], ...]:
-    """Every step of a build, in order; the agent's host-prepared parts are bound in."""
+def system_steps() -> tuple[tuple[str, Step], ...]:
+    """The system layer: the disk and every package. Slow (apt and dpkg under emulation) and
+    shared by every image of a release, whatever its user, agent or keys."""
     return (
         ("grow-root", disk.grow_root),
         ("mount", disk.mount_root),
         ("apt-prepare", apt.prepare),
         ("docker-repo", docker.add_docker_repo),
         ("packages", packages.install),
+        ("docker", docker.enable),
+        ("apt-cleanup", apt.cleanup),
+        ("trim", disk.trim),
+    )
+
+
+def guest_steps(
+    mounts: dict[str, str], agent: AgentPayload, dev_key: KeyPair | None
+) -> tuple[tuple[str, Step], ...]:
+    """The guest layer: who logs in, cloud-init, the agent; then the image is made anonymous.
+    Cheap steps, so one layer: an agent change costs one appliance launch and no apt."""
+    return (
+        ("mount", partial(disk.mount, mounts=mounts)),
         ("guest-user", user.create_guest_user),
         ("sudoers", user.sudoers),
-        ("docker", docker.enable),
+        ("docker-group", docker.add_user),
         ("root-password", user.root_password),
         ("cloud-init-datasources", cloudinit.datasources),
         ("cloud-init-user", cloudinit.default_user),
@@ -55,10 +74,61 @@ def steps(agent: AgentPayload, dev_key: KeyPair | None) -> tuple[tuple[str, Step
         ("agent-services", partial(agent_steps.services, payload=agent)),
         ("agent-controller", agent_steps.controller),
         *([("dev-keys", partial(agent_steps.dev_keys, pair=dev_key))] if dev_key else []),
-        ("apt-cleanup", apt.cleanup),
         ("hygiene", hygiene.clean),
         ("trim", disk.trim),
     )
+
+
+ASSEMBLER = Path(__file__).parent
+# The code each layer's steps run: a change to it makes the layer's cached copy stale.
+SYSTEM_CODE = (
+    "steps/disk.py", "steps/apt.py", "steps/docker.py", "steps/packages.py",
+    "packages.py", "distros.py", "guest.py",
+)  # fmt: skip
+GUEST_CODE = (
+    "steps/disk.py", "steps/user.py", "steps/docker.py", "steps/cloudinit.py", "steps/trove.py",
+    "steps/agent.py", "steps/hygiene.py", "agent/venv.py", "agent/payload.py",
+    "agent/devkeys.py", "guest.py", "resources.py",
+)  # fmt: skip
+
+
+def code_digest(files: tuple[str, ...], resource_dirs: tuple[str, ...] = ()) -> str:
+    paths = [ASSEMBLER / f for f in files]
+    for directory in resource_dirs:
+        paths += resource_files(directory)
+    return digest_files(paths)
+
+
+def system_inputs(cfg: BuildConfig) -> dict[str, Any]:
+    docker = DOCKER[cfg.docker_source]
+    return {
+        "code": code_digest(SYSTEM_CODE),
+        "release": cfg.release.codename,
+        "sources": apt_sources(cfg.release, cfg.mirror),
+        "packages": sorted({*RUNTIME_PACKAGES, *docker.packages}),
+        "docker": [str(cfg.docker_source), *docker.units],
+        "size": cfg.size_bytes,
+    }
+
+
+def guest_inputs(
+    cfg: BuildConfig, wheelhouse: Wheelhouse, dev_key: KeyPair | None
+) -> dict[str, Any]:
+    agent = cfg.agent
+    return {
+        "code": code_digest(GUEST_CODE, ("overlays/agent", "overlays/user", "cloudinit")),
+        "user": cfg.guest_username,
+        "root_password": cfg.root_password_id,
+        "datasources": list(cfg.datasources),
+        "etc_hosts": str(cfg.etc_hosts),
+        "host_scp_username": cfg.host_scp_username,
+        "dev_mode": cfg.dev_mode,
+        # The wheels' hashes: another agent version or source is another set of wheels.
+        "agent": wheelhouse.manifest(),
+        "controller": [agent.controller_host, agent.controller_trove_path, agent.mgmt_gateway],
+        "sync_logs": agent.sync_logs,
+        "dev_public_key": dev_key.public if dev_key else None,
+    }
 
 
 def check_base(path: Path) -> DiskImage:
@@ -124,31 +194,55 @@ def build(cfg: BuildConfig) -> Manifest:
         },
     )
     check_agent(cfg)
+    wheelhouse = agent_wheelhouse(cfg)
+    dev_key = _dev_key(cfg)
+    cache = LayerCache(cfg.layer_cache)
+    parent = Parent(base.path, base.format, manifest.base["sha256"])
     workroot = cache_dir() / "work"
     workroot.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="build-", dir=workroot) as work:
-        started = time.monotonic()
-        agent = prepare_agent(cfg, Path(work))
-        manifest.steps.append(StepRecord("agent-prepare", time.monotonic() - started))
-        manifest.agent = agent.manifest()
-        dev_key = _dev_key(cfg)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=workroot) as work, ExitStack() as held:
+
+        def build_system(overlay: Path) -> dict[str, Any]:
+            return _run_layer(overlay, cfg, chosen_accel, system_steps(), network=True)
+
+        system, _ = held.enter_context(
+            cache.layer(
+                "system",
+                parent,
+                system_inputs(cfg),
+                build_system,
+                ages=True,
+                max_age_days=cfg.max_age_days,
+                refresh=cfg.refresh,
+                size=cfg.size_bytes,
+            )
+        )
+        manifest.layers.append(_layer_record(system, _))
+        parent = Parent(cache.overlay(system), "qcow2", system.ident)
+
+        def build_guest(overlay: Path) -> dict[str, Any]:
+            started = time.monotonic()
+            agent = prepare_agent(cfg, Path(work), wheelhouse)
+            prepared = StepRecord("agent-prepare", time.monotonic() - started)
+            plan = guest_steps(system.record["mounts"], agent, dev_key)
+            record = _run_layer(overlay, cfg, chosen_accel, plan, network=False)
+            record["steps"].insert(0, asdict(prepared))
+            record["agent"] = agent.manifest()
+            return record
+
+        guest, hit = held.enter_context(
+            cache.layer("guest", parent, guest_inputs(cfg, wheelhouse, dev_key), build_guest)
+        )
+        manifest.layers.append(_layer_record(guest, hit))
+        manifest.steps = [StepRecord(**s) for layer in manifest.layers for s in layer["steps"]]
+        manifest.packages = system.record["packages"]
+        manifest.agent = dict(guest.record["agent"])
         if dev_key is not None:
             manifest.private_keys = [f"/home/{cfg.guest_username}/.ssh/id_ed25519"]
             manifest.agent["dev_public_key"] = dev_key.public
-        # The base is never written: every change lands in an overlay backed by it.
-        overlay = Path(work) / "image.qcow2"
-        run([
-            "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
-            "-F", base.format, "-b", base.path, overlay, str(cfg.size_bytes),
-        ])  # fmt: skip
-        started = time.monotonic()
-        with appliance([(overlay, "qcow2")], accel=chosen_accel, network=True) as g:
-            manifest.steps.append(StepRecord("launch", time.monotonic() - started))
-            run_steps(g, cfg, manifest, steps(agent, dev_key))
-            manifest.packages = packages.installed(g)
         log.info("converting to %s", cfg.image_format)
         started = time.monotonic()
-        convert(overlay, cfg.image_format, cfg.output)
+        convert(cache.overlay(guest), cfg.image_format, cfg.output, str(cfg.compression))
         manifest.steps.append(StepRecord("convert", time.monotonic() - started))
     info = image_info(cfg.output)
     manifest.output = {
@@ -172,6 +266,40 @@ def build(cfg: BuildConfig) -> Manifest:
     return manifest
 
 
+def _run_layer(
+    overlay: Path,
+    cfg: BuildConfig,
+    chosen_accel: accel_mod.Accel,
+    plan: tuple[tuple[str, Step], ...],
+    network: bool,
+) -> dict[str, Any]:
+    """One appliance launch on a layer's overlay, its steps run; returns the layer's record
+    (with the installed packages and mountpoints when the layer has apt: `network`)."""
+    record = Manifest(inputs={}, base={})
+    started = time.monotonic()
+    with appliance([(overlay, "qcow2")], accel=chosen_accel, network=network) as g:
+        record.steps.append(StepRecord("launch", time.monotonic() - started))
+        run_steps(g, cfg, record, plan)
+        found = (
+            {"packages": packages.installed(g), "mounts": disk.mountpoints(g)} if network else {}
+        )
+    return {"steps": [asdict(s) for s in record.steps], **found}
+
+
+def _layer_record(entry: Entry, hit: bool) -> dict[str, Any]:
+    """For the manifest: which layers were reused, and the steps of those built now."""
+    return {
+        "name": entry.name,
+        "key": entry.key,
+        "generation": entry.generation,
+        "cached": hit,
+        "built_at": datetime.datetime.fromtimestamp(entry.created, datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
+        "steps": [] if hit else entry.record["steps"],
+    }
+
+
 def _dev_key(cfg: BuildConfig) -> KeyPair | None:
     if not cfg.dev_mode:
         return None  # a production image never holds a private key
@@ -184,6 +312,7 @@ def _dev_key(cfg: BuildConfig) -> KeyPair | None:
 def _inputs(cfg: BuildConfig, chosen_accel: accel_mod.Accel) -> dict[str, Any]:
     inputs = asdict(cfg)
     inputs.pop("root_password_hash")
+    inputs.pop("root_password_id")
     inputs["release"] = cfg.release.codename
     inputs["guest_os"] = str(cfg.guest_os)
     inputs["root_password"] = cfg.root_password_hash is not None

@@ -21,6 +21,7 @@ from assembler.config import (
     DEFAULT_SIZE,
     BuildConfig,
     BuildOptions,
+    Compression,
     DockerSource,
     make_config,
     parse_bool,
@@ -38,7 +39,7 @@ from assembler.errors import (
 from assembler.formats import FORMATS, ImageFormat
 
 log = logging.getLogger("assembler")
-COMMANDS = ("build", "base", "fetch", "boot-test")
+COMMANDS = ("build", "base", "fetch", "boot-test", "cache")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +60,11 @@ def _base_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sha256", help="checksum of a remote --base")
     p.add_argument("--base-url", help="a mirror laid out like the publisher's image site")
     p.add_argument("--signing-key", help="OpenPGP key trusted instead of the publisher's")
-    p.add_argument("--refresh", action="store_true", help="re-check the published checksums")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="re-check the published checksums; build: install packages afresh too",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
         "--authorize-on-controller",
         action="store_true",
         help="dev mode: let the guest's key log in as HOST_SCP_USERNAME on this host",
+    )
+    b.add_argument(
+        "--compression",
+        choices=list(Compression),
+        help="qcow2 compression (default zlib, as trovestack; zstd needs QEMU >= 5.1)",
+    )
+    b.add_argument("--layer-cache", help="layer cache directory (default: in ~/.cache)")
+    b.add_argument(
+        "--max-age",
+        type=float,
+        dest="max_age_days",
+        metavar="DAYS",
+        help="rebuild a cached layer of packages older than this (default 7; --refresh: now)",
     )
     b.add_argument(
         "--boot-test",
@@ -138,6 +156,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--transport-url", help="the agent's bus as the guest reaches it (no broker)")
     _common(t)
+
+    c = sub.add_parser("cache", help="list or prune the layer cache")
+    c.add_argument("action", choices=("list", "prune"))
+    c.add_argument("--layer-cache", help="layer cache directory (default: in ~/.cache)")
+    c.add_argument(
+        "--max-size",
+        default="20G",
+        help="prune: least recently used layers go until the cache fits (default 20G)",
+    )
+    c.add_argument("--older-than", type=float, metavar="DAYS", help="prune: unused for DAYS")
+    c.add_argument("--all", action="store_true", help="prune: every layer not in use")
+    c.add_argument("-v", "--debug", action="store_true", help="tracebacks")
     return parser
 
 
@@ -178,6 +208,9 @@ def build_options(ns: argparse.Namespace) -> BuildOptions:
         controller_trove_path=ns.controller_trove_path,
         dev_key=ns.dev_key,
         authorize_on_controller=ns.authorize_on_controller,
+        compression=ns.compression,
+        layer_cache=ns.layer_cache,
+        max_age_days=ns.max_age_days,
     )
 
 
@@ -263,6 +296,23 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def cmd_cache(ns: argparse.Namespace) -> int:
+    from assembler.layers import LayerCache, describe, parse_bytes
+
+    root = Path(ns.layer_cache).expanduser().absolute() if ns.layer_cache else None
+    if root is not None and not root.is_dir():
+        raise UsageError(f"layer cache {root} does not exist")
+    cache = LayerCache(root)
+    if ns.action == "prune":
+        max_bytes = 0 if ns.all else parse_bytes(ns.max_size)
+        if ns.older_than is not None and ns.older_than < 0:
+            raise UsageError("--older-than must not be negative")
+        for name in cache.prune(max_bytes, ns.older_than):
+            print(f"removed {name}")
+    print(describe(cache))
+    return EXIT_OK
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -315,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "base": cmd_base,
             "fetch": cmd_fetch,
             "boot-test": cmd_boot_test,
+            "cache": cmd_cache,
         }[ns.command]
         return _run_in_worker(handler, ns)
     except AssemblerError as exc:

@@ -17,7 +17,7 @@ from assembler.accel import Accel
 from assembler.distros import DEFAULT_RELEASE, RELEASES, GuestOS, Release, release_for
 from assembler.errors import UsageError
 from assembler.formats import ImageFormat, choose_format
-from assembler.secrets import hash_password
+from assembler.secrets import hash_password, password_id
 
 GIB = 1024**3
 
@@ -25,6 +25,15 @@ GIB = 1024**3
 class DockerSource(StrEnum):
     ARCHIVE = "archive"  # the guest archive's docker.io: works with any apt mirror
     DOCKER_CE = "docker-ce"  # Docker's own repository, as trovestack's ubuntu-docker element
+
+
+class Compression(StrEnum):
+    """qcow2 compression. zlib is what every QEMU reads; zstd needs QEMU >= 5.1 on the compute
+    nodes. trovestack (diskimage-builder) compresses qcow2 by default too."""
+
+    NONE = "none"
+    ZLIB = "zlib"
+    ZSTD = "zstd"
 
 
 class EtcHosts(StrEnum):
@@ -90,7 +99,11 @@ class BuildConfig:
     docker_source: DockerSource
     accel: Accel
     agent: AgentConfig
+    compression: Compression = Compression.ZLIB
+    layer_cache: Path | None = None  # None: the user's cache directory
+    max_age_days: float = 7.0  # a cached layer of packages older than this is built again
     root_password_hash: str | None = field(default=None, repr=False)
+    root_password_id: str | None = field(default=None, repr=False)  # layer-cache key of it
 
     @property
     def guest_os(self) -> GuestOS:
@@ -169,6 +182,9 @@ class BuildOptions:
     controller_trove_path: str | None = None
     dev_key: str | None = None
     authorize_on_controller: bool = False
+    compression: str | None = None
+    layer_cache: str | None = None
+    max_age_days: float | None = None
 
 
 def resolve_release(guest_os: str | None, release: str | None) -> Release:
@@ -279,6 +295,14 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
     accel_text = opts.accel or env.get("ASSEMBLER_ACCEL") or Accel.AUTO
     root_password = env.get("TROVE_ROOT_PASSWORD")
     root_hash = hash_password(root_password) if root_password else None
+    compression = _enum(Compression, opts.compression or "zlib", "compression")
+    if compression is not Compression.NONE and fmt is not ImageFormat.QCOW2:
+        if opts.compression:
+            raise UsageError(f"--compression applies to qcow2 only, not {fmt}")
+        compression = Compression.NONE
+    max_age = opts.max_age_days if opts.max_age_days is not None else 7.0
+    if max_age < 0:
+        raise UsageError("--max-age must not be negative")
     return BuildConfig(
         release=release,
         dev_mode=dev_mode,
@@ -298,5 +322,9 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
         docker_source=_enum(DockerSource, opts.docker_source or "archive", "docker source"),
         accel=_enum(Accel, str(accel_text), "accelerator"),
         agent=make_agent_config(opts, env, dev_mode),
+        compression=compression,
+        layer_cache=_path(opts.layer_cache, "--layer-cache", must_exist=False),
+        max_age_days=max_age,
         root_password_hash=root_hash,
+        root_password_id=password_id(root_password) if root_password else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,9 +15,11 @@ from assembler.errors import BuildError, UsageError
 
 log = logging.getLogger(__name__)
 
-# The appliance's defaults (1280 MB, 1 vCPU) were measured faster to launch under TCG than
-# larger settings; apt and dpkg fit well within them.
-APPLIANCE_MEMSIZE_MB = 1280
+# Measured under TCG on 2 cores: 2 vCPUs and 2 GiB took apt-get update from 21 s to 16 s and
+# the package install from 73 s to 59 s (dpkg-deb decompresses in a second process, apt
+# decompresses lists in parallel); launch time did not change.
+APPLIANCE_MEMSIZE_MB = 2048
+APPLIANCE_MAX_VCPUS = 2
 
 
 def _guestfs() -> Any:
@@ -44,6 +47,7 @@ def appliance(
     if accel is Accel.TCG:
         g.set_backend_settings(["force_tcg"])
     g.set_memsize(APPLIANCE_MEMSIZE_MB)
+    g.set_smp(max(1, min(APPLIANCE_MAX_VCPUS, os.cpu_count() or 1)))
     g.set_network(network)
     for path, fmt in disks:
         g.add_drive_opts(
@@ -94,6 +98,8 @@ def write(g: Any, path: str, content: str | bytes, mode: int = 0o644, owner: str
 
 def ids(g: Any, user: str, group: str | None = None) -> tuple[int, int]:
     """The guest's numeric uid of `user` and gid of `group` (default: the user's own group)."""
+    if user == "root" and group in (None, "root"):
+        return 0, 0  # every shell call costs ~0.3 s under emulation
     uid = int(sh(g, "lookup-user", f"id -u {user}").strip())
     gid_cmd = f"getent group {group} | cut -d: -f3" if group else f"id -g {user}"
     gid_text = sh(g, "lookup-user", gid_cmd).strip()

@@ -40,6 +40,8 @@ class Manifest:
     # Later issues fill these; the boot test reads them (no agent -> "not applicable").
     agent: dict[str, Any] | None = None
     private_keys: list[str] = field(default_factory=list)
+    # The layer cache: each layer's key, whether this build reused it, and its steps if not.
+    layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         from assembler import __version__
@@ -48,6 +50,7 @@ class Manifest:
             "tool": {"name": "trove-image-assembler", "version": __version__},
             "inputs": self.inputs,
             "base": self.base,
+            "layers": [{k: v for k, v in layer.items() if k != "steps"} for layer in self.layers],
             "steps": [{"name": s.name, "seconds": round(s.seconds, 2)} for s in self.steps],
             "packages": dict(sorted(self.packages.items())),
             "agent": self.agent,

@@ -18,6 +18,15 @@ def resource(relative: str) -> Path:
     raise FileNotFoundError(f"project resource {relative} is missing from the installation")
 
 
+def resource_files(relative: str) -> list[Path]:
+    """Every file under a resource directory (for the layer keys)."""
+    for root in _ROOTS:
+        path = root / relative
+        if path.is_dir():
+            return sorted(p for p in path.rglob("*") if p.is_file())
+    raise FileNotFoundError(f"project resource {relative}/ is missing from the installation")
+
+
 def render(relative: str, **values: str) -> str:
     """A template with ${name} placeholders; a missing value is an error, not an empty string."""
     return Template(resource(relative).read_text()).substitute(values)

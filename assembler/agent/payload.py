@@ -69,9 +69,16 @@ def check_agent(cfg: BuildConfig) -> None:
     check_agent_source(spec.agent, spec.python)
 
 
-def prepare_agent(cfg: BuildConfig, workdir: Path) -> AgentPayload:
+def agent_wheelhouse(cfg: BuildConfig) -> Wheelhouse:
+    """The agent's wheels (cached by their inputs): what identifies the agent in a layer key."""
+    return build_wheelhouse(agent_spec(cfg))
+
+
+def prepare_agent(
+    cfg: BuildConfig, workdir: Path, wheelhouse: Wheelhouse | None = None
+) -> AgentPayload:
     spec = agent_spec(cfg)
-    wheelhouse = build_wheelhouse(spec)
+    wheelhouse = wheelhouse or build_wheelhouse(spec)
     staging = workdir / "agent-root"
     staging.mkdir()
     # Byte-compiled here when the host's Python matches the guest's: the first agent start

@@ -17,7 +17,8 @@ GROWABLE = {"ext2", "ext3", "ext4"}
 
 
 def find_root(g: Any) -> str:
-    roots = g.inspect_os()
+    # Inspection takes seconds under emulation: once per appliance.
+    roots = g.inspect_get_roots() or g.inspect_os()
     if len(roots) != 1:
         raise BuildError(
             "inspect", f"expected one operating system in the base, found {len(roots)}"
@@ -54,9 +55,16 @@ def grow_root(g: Any, cfg: BuildConfig) -> None:
     g.resize2fs(root)
 
 
+def mountpoints(g: Any) -> dict[str, str]:
+    """{mountpoint: device} of the guest, recorded by the first layer for the ones above it."""
+    return dict(g.inspect_get_mountpoints(find_root(g)))
+
+
 def mount_root(g: Any, cfg: BuildConfig) -> None:
-    root = find_root(g)
-    mounts = g.inspect_get_mountpoints(root)
+    mount(g, cfg, mountpoints(g))
+
+
+def mount(g: Any, cfg: BuildConfig, mounts: dict[str, str]) -> None:
     for mountpoint in sorted(mounts, key=len):
         g.mount(mounts[mountpoint], mountpoint)
 

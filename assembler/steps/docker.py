@@ -50,4 +50,8 @@ def add_docker_repo(g: Any, cfg: BuildConfig) -> None:
 def enable(g: Any, cfg: BuildConfig) -> None:
     units = " ".join(DOCKER[cfg.docker_source].units)
     sh(g, "docker", f"systemctl enable {units}")
-    sh(g, "docker", f"usermod -aG docker {cfg.guest_username}")
+
+
+def add_user(g: Any, cfg: BuildConfig) -> None:
+    """The agent (running as the guest user) drives docker through its socket."""
+    sh(g, "docker-group", f"usermod -aG docker {cfg.guest_username}")

@@ -1,0 +1,332 @@
+"""The layer cache: each group of build steps leaves a qcow2 overlay on its parent, keyed by a
+hash of the parent and every input of its steps. A rebuild reuses the highest layer still valid
+through a backing chain and builds only from there.
+
+On disk, under $XDG_CACHE_HOME/trove-image-assembler/layers:
+  <key>.json               the current entry for a key (written last, atomically)
+  <key>.<generation>.qcow2 its overlay; the backing file is the parent's overlay or the base
+  <key>.lock               flock: shared while a build uses the layer, exclusive to build or prune
+
+A layer that installed packages carries its age: past the maximum age (or with --refresh) it is
+built again under the same key, as a new generation. Layers above it name the generation they
+were built on in their own keys, so they are rebuilt too, while a build still using the old
+generation keeps it until prune removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from assembler.errors import UsageError
+from assembler.paths import cache_dir
+from assembler.run import run
+
+log = logging.getLogger(__name__)
+
+# Bumped when what a layer holds or how keys are made changes: old entries then never match.
+LAYER_FORMAT = 1
+DEFAULT_MAX_AGE_DAYS = 7.0
+DEFAULT_MAX_CACHE_BYTES = 20 * 1024**3
+
+
+@dataclass(frozen=True)
+class Parent:
+    """What a layer lies on: the base image, or a cached layer."""
+
+    path: Path
+    format: str
+    ident: str  # the base's sha256, or the parent entry's id (key and generation)
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    name: str
+    generation: str
+    parent: str  # Parent.ident
+    parent_path: str
+    created: float  # unix time
+    ages: bool  # installed packages from an archive: rebuilt past the maximum age
+    inputs: dict[str, Any]
+    record: dict[str, Any] = field(default_factory=dict)  # what the build reports from it
+
+    @property
+    def ident(self) -> str:
+        return f"{self.key}.{self.generation}"
+
+    def age_days(self, now: float | None = None) -> float:
+        return ((now or time.time()) - self.created) / 86400
+
+
+def layer_key(name: str, parent: str, inputs: dict[str, Any]) -> str:
+    doc = {"format": LAYER_FORMAT, "name": name, "parent": parent, "inputs": inputs}
+    text = json.dumps(doc, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def digest_files(paths: list[Path]) -> str:
+    """sha256 over files' names and contents: the code of a layer's steps is one of its inputs."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+class LayerCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or cache_dir() / "layers"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ----- reading ---------------------------------------------------------------------------
+
+    def overlay(self, entry: Entry) -> Path:
+        return self.root / f"{entry.ident}.qcow2"
+
+    def entry(self, key: str) -> Entry | None:
+        """The current entry for key if it and its overlay are whole and its parent exists."""
+        try:
+            doc = json.loads((self.root / f"{key}.json").read_text())
+            entry = Entry(**doc)
+        except (OSError, ValueError, TypeError):
+            return None
+        if not self.overlay(entry).is_file() or not Path(entry.parent_path).is_file():
+            return None
+        return entry
+
+    def entries(self) -> list[Entry]:
+        found = (self.entry(p.stem) for p in sorted(self.root.glob("*.json")))
+        return [e for e in found if e is not None]
+
+    def fresh(self, entry: Entry, max_age_days: float, refresh: bool) -> bool:
+        if not entry.ages:
+            return True
+        return not refresh and entry.age_days() <= max_age_days
+
+    # ----- using and building ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def layer(
+        self,
+        name: str,
+        parent: Parent,
+        inputs: dict[str, Any],
+        build: Callable[[Path], dict[str, Any]],
+        *,
+        ages: bool = False,
+        max_age_days: float = DEFAULT_MAX_AGE_DAYS,
+        refresh: bool = False,
+        size: int | None = None,
+    ) -> Iterator[tuple[Entry, bool]]:
+        """The layer for (name, parent, inputs), held (shared lock) while the caller uses it:
+        a fresh cached entry, else built by `build(overlay)` (which returns the entry's record)
+        and published. Yields (entry, whether it came from the cache)."""
+        key = layer_key(name, parent.ident, inputs)
+        with (self.root / f"{key}.lock").open("a") as handle:
+            try:
+                _flock(handle, fcntl.LOCK_SH, f"the {name} layer")
+                entry = self.entry(key)
+                hit = entry is not None and self.fresh(entry, max_age_days, refresh)
+                if not hit:
+                    # Only one process builds a key; the others wait, then find it built.
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    _flock(handle, fcntl.LOCK_EX, f"the {name} layer")
+                    entry = self.entry(key)
+                    hit = entry is not None and self.fresh(entry, max_age_days, refresh)
+                    if entry is not None and not hit:
+                        why = "--refresh" if refresh else f"{entry.age_days():.1f} days old"
+                        log.info("layer %s: built again for new packages (%s)", name, why)
+                    if entry is None or not hit:
+                        entry = self._build(key, name, parent, inputs, build, ages, size)
+                    # Held shared while in use: prune and a refresh wait for it.
+                    fcntl.flock(handle, fcntl.LOCK_SH)
+                assert entry is not None
+                if hit:
+                    log.info("layer %s: from the cache (%s)", name, key[:12])
+                self._touch(entry)
+                yield entry, hit
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _build(
+        self,
+        key: str,
+        name: str,
+        parent: Parent,
+        inputs: dict[str, Any],
+        build: Callable[[Path], dict[str, Any]],
+        ages: bool,
+        size: int | None,
+    ) -> Entry:
+        generation = f"{time.time_ns():x}"
+        final = self.root / f"{key}.{generation}.qcow2"
+        tmp = self.root / f".{key}.{generation}.{os.getpid()}.partial.qcow2"
+        try:
+            run([
+                "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
+                "-F", parent.format, "-b", parent.path.absolute(), tmp,
+                *([str(size)] if size else []),
+            ])  # fmt: skip
+            record = build(tmp)
+            entry = Entry(
+                key=key,
+                name=name,
+                generation=generation,
+                parent=parent.ident,
+                parent_path=str(parent.path.absolute()),
+                created=time.time(),
+                ages=ages,
+                inputs=inputs,
+                record=record,
+            )
+            _fsync(tmp)
+            os.replace(tmp, final)
+            _write_atomically(self.root / f"{key}.json", json.dumps(asdict(entry), indent=1))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return entry
+
+    def _touch(self, entry: Entry) -> None:
+        """Last use, for prune's least-recently-used order."""
+        with contextlib.suppress(OSError):
+            os.utime(self.root / f"{entry.key}.json")
+
+    # ----- listing and pruning ---------------------------------------------------------------
+
+    def last_used(self, entry: Entry) -> float:
+        try:
+            return (self.root / f"{entry.key}.json").stat().st_mtime
+        except OSError:
+            return entry.created
+
+    def size(self, entry: Entry) -> int:
+        try:
+            return self.overlay(entry).stat().st_blocks * 512
+        except OSError:
+            return 0
+
+    def prune(
+        self, max_bytes: int | None = None, older_than_days: float | None = None
+    ) -> list[str]:
+        """Remove what no build can use, then least recently used entries (with the entries
+        built on them) until the cache fits max_bytes; layers in use are left alone.
+        Returns what was removed."""
+        removed: list[str] = []
+        removed += self._remove_orphans()
+        entries = sorted(self.entries(), key=self.last_used)
+        now = time.time()
+        total = sum(self.size(e) for e in entries)
+        for entry in entries:
+            too_old = older_than_days is not None and (now - self.last_used(entry)) > (
+                older_than_days * 86400
+            )
+            too_big = max_bytes is not None and total > max_bytes
+            if not (too_old or too_big):
+                continue
+            for gone in self._remove_with_children(entry):
+                total -= gone[1]
+                removed.append(gone[0])
+        removed += self._remove_orphans()
+        return removed
+
+    def _remove_with_children(self, entry: Entry) -> list[tuple[str, int]]:
+        gone: list[tuple[str, int]] = []
+        children = [e for e in self.entries() if e.parent == entry.ident]
+        for child in children:
+            gone += self._remove_with_children(child)
+        with (self.root / f"{entry.key}.lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("layer %s (%s) is in use: kept", entry.name, entry.key[:12])
+                return gone
+            size = self.size(entry)
+            (self.root / f"{entry.key}.json").unlink(missing_ok=True)
+            self.overlay(entry).unlink(missing_ok=True)
+            gone.append((f"{entry.name} {entry.key[:12]}", size))
+        return gone
+
+    def _remove_orphans(self) -> list[str]:
+        """Overlays no entry names (older generations, killed builds) and entries whose parent
+        is gone; each only when its key is not locked by a running build."""
+        removed = []
+        current = {e.ident for e in self.entries()}
+        for path in sorted(self.root.iterdir()):
+            if path.suffix == ".json" and self.entry(path.stem) is None:
+                key = path.stem
+            elif path.suffix == ".qcow2" and path.name.removesuffix(".qcow2") not in current:
+                key = path.name.lstrip(".").split(".")[0]
+            else:
+                continue
+            with (self.root / f"{key}.lock").open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
+
+def parse_bytes(text: str) -> int:
+    from assembler.config import parse_size
+
+    try:
+        return parse_size(text)
+    except UsageError:
+        raise UsageError(f"cannot read size {text!r}: use e.g. 20G") from None
+
+
+def describe(cache: LayerCache) -> str:
+    """`assembler cache list`: one line a layer."""
+    rows = [("KEY", "LAYER", "SIZE", "AGE", "LAST USED", "PARENT")]
+    for e in sorted(cache.entries(), key=lambda e: e.created):
+        used = datetime.datetime.fromtimestamp(cache.last_used(e), datetime.UTC)
+        rows.append(
+            (
+                e.key[:12],
+                e.name + (" (ages)" if e.ages else ""),
+                f"{cache.size(e) / 2**20:.0f} MiB",
+                f"{e.age_days():.1f} d",
+                used.strftime("%Y-%m-%d %H:%M"),
+                e.parent.split(".")[0][:12],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    total = sum(cache.size(e) for e in cache.entries())
+    lines.append(f"{len(rows) - 1} layers, {total / 2**20:.0f} MiB in {cache.root}")
+    return "\n".join(lines)
+
+
+def _flock(handle: IO[str], mode: int, what: str) -> None:
+    try:
+        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("waiting for another build using or building %s", what)
+        fcntl.flock(handle, mode)
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
