@@ -9,8 +9,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # QEMU and qemu-img, debootstrap for base images, socat for the boot tests' forwards,
 # xorriso for config drives and seeds, openssl for password hashes, gnupg for signatures,
 # rabbitmq-server (the boot tests run a private broker on loopback) and openssh-server/rsync
-# (the boot tests play a dev-mode controller on loopback).
-APT_PACKAGES := libguestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
+# (the boot tests play a dev-mode controller on loopback); guestfs-tools is virt-customize, the
+# peer `make bench` measures us against.
+APT_PACKAGES := libguestfs-tools guestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
 	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
 	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl
 
@@ -31,7 +32,7 @@ IMAGE_ARGS = $(if $(GUEST_OS),--guest-os $(GUEST_OS)) $(if $(RELEASE),--release 
 	$(if $(FORMAT),--format $(FORMAT)) $(if $(BASE),--base $(BASE)) $(if $(SIZE),--size $(SIZE)) \
 	$(if $(MIRROR),--mirror $(MIRROR)) $(if $(NO_BOOT_TEST),--no-boot-test,--boot-test)
 
-.PHONY: setup apt-packages venv test unit lint image clean
+.PHONY: setup apt-packages venv test unit lint image bench clean
 
 setup: apt-packages venv
 
@@ -68,6 +69,12 @@ test: lint
 
 image:
 	$(VPY) -m assembler $(IMAGE_ARGS)
+
+# Ours against virt-customize in one run (~35 min under TCG); writes benchmarks/results/latest.json
+# and the table in README.md. BENCH_ARGS e.g. "--repeat 3 --peer-runs 2".
+BENCH_ARGS ?=
+bench:
+	$(VPY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

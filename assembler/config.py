@@ -323,7 +323,9 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
         accel=_enum(Accel, str(accel_text), "accelerator"),
         agent=make_agent_config(opts, env, dev_mode),
         compression=compression,
-        layer_cache=_path(opts.layer_cache, "--layer-cache", must_exist=False),
+        layer_cache=_path(
+            opts.layer_cache or env.get("ASSEMBLER_LAYER_CACHE"), "--layer-cache", must_exist=False
+        ),
         max_age_days=max_age,
         root_password_hash=root_hash,
         root_password_id=password_id(root_password) if root_password else None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,20 @@ from tests.builds import (  # noqa: F401 (fixtures, found by name)
     raw_production,
     vmdk_dev,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_layer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One layer cache for the session's builds: they share layers as an operator's builds
+    would, and nothing from an earlier session (or the user's own cache) is reused."""
+    path = tmp_path_factory.mktemp("layer-cache")
+    old = os.environ.get("ASSEMBLER_LAYER_CACHE")
+    os.environ["ASSEMBLER_LAYER_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ASSEMBLER_LAYER_CACHE", None)
+    else:
+        os.environ["ASSEMBLER_LAYER_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

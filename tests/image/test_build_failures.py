@@ -15,11 +15,23 @@ pytestmark = pytest.mark.image
 
 
 def leftovers(out_dir: Path, cache: Path) -> list[Path]:
+    """Anything in the output directory, the scratch space, or the layer cache but its lock
+    files (a lock file is empty and stays, as flock wants)."""
     work = cache / "trove-image-assembler" / "work"
+    layers = cache / "trove-image-assembler" / "layers"
     found = list(out_dir.iterdir())
     if work.exists():
         found += list(work.iterdir())
+    if layers.exists():
+        found += [p for p in layers.iterdir() if p.suffix != ".lock"]
     return found
+
+
+def isolated_cache(cache: Path) -> dict[str, str]:
+    """Every cache of the build under `cache` (the session's layer cache too)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    env.pop("ASSEMBLER_LAYER_CACHE", None)
+    return env
 
 
 def build_argv(base: Path, out: Path, *extra: str) -> list[str]:
@@ -36,7 +48,7 @@ def test_failing_step_is_one_line_and_leaves_nothing(debian_base: Path, tmp_path
     proc = subprocess.run(
         build_argv(debian_base, out_dir / "x.qcow2", "--mirror", "http://127.0.0.1:9/debian"),
         capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+        env=isolated_cache(cache),
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -51,7 +63,7 @@ def test_interrupted_build_leaves_nothing(debian_base: Path, tmp_path: Path) -> 
     proc = subprocess.Popen(
         build_argv(debian_base, out_dir / "x.raw"),
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+        env=isolated_cache(cache),
     )  # fmt: skip
     assert proc.stderr is not None
     deadline = time.monotonic() + 300

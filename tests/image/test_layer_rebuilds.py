@@ -1,0 +1,92 @@
+"""The layer cache in real builds: the session's builds share one layer cache (tests/conftest.py),
+so these rebuild against what the other image tests built, and check which layers the real
+build made again and which it took from the cache."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.builds import Built, Inspector, build
+
+pytestmark = pytest.mark.image
+
+LAUNCH = "launching the libguestfs appliance"
+OTHER_AGENT = "25.1.0"
+
+
+def layers(built: Built) -> dict[str, dict[str, Any]]:
+    return {layer["name"]: layer for layer in built.manifest["layers"]}
+
+
+def rebuild(original: Built, out: Path, *extra: str) -> Built:
+    """original's build again (its options and environment), to another output."""
+    args = list(original.args)
+    base = Path(args[args.index("--base") + 1])
+    # tests.builds.build puts the release, base and output first, the build's options after.
+    options = args[args.index("-o") + 2 :]
+    return build(base, out, *options, *extra, env=original.env)
+
+
+def test_a_dev_build_reuses_the_production_build_s_system_layer(
+    raw_production: Built, vmdk_dev: Built
+) -> None:
+    prod, dev = layers(raw_production), layers(vmdk_dev)
+    assert prod["system"]["key"] == dev["system"]["key"]
+    assert prod["system"]["generation"] == dev["system"]["generation"]
+    assert prod["guest"]["key"] != dev["guest"]["key"]
+    # Whichever ran second took the system layer from the cache and built its own guest layer.
+    second = dev if dev["system"]["cached"] else prod
+    assert second["system"]["cached"] and not second["guest"]["cached"]
+    assert sum(1 for built in (raw_production, vmdk_dev) if LAUNCH in built.stderr) == 2
+
+
+def test_another_disk_size_builds_its_own_system_layer(
+    raw_production: Built, qcow2_custom: Built
+) -> None:
+    assert layers(qcow2_custom)["system"]["key"] != layers(raw_production)["system"]["key"]
+
+
+def test_an_unchanged_rebuild_launches_no_appliance(raw_production: Built, tmp_path: Path) -> None:
+    again = rebuild(raw_production, tmp_path / "again.raw")
+    assert LAUNCH not in again.stderr
+    assert all(layer["cached"] for layer in again.manifest["layers"])
+    assert [layer["key"] for layer in again.manifest["layers"]] == [
+        layer["key"] for layer in raw_production.manifest["layers"]
+    ]
+    assert [s["name"] for s in again.manifest["steps"]] == ["convert"]
+    # The same image, byte for byte where it matters: every block of the disk.
+    compare = subprocess.run(
+        ["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", raw_production.image, again.image],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    # The manifest still says what is in it: packages and agent from the cached layers.
+    assert again.manifest["packages"] == raw_production.manifest["packages"]
+    assert again.manifest["agent"] == raw_production.manifest["agent"]
+
+
+def test_another_agent_rebuilds_only_the_guest_layer(
+    raw_production: Built, tmp_path: Path, inspect: Inspector
+) -> None:
+    out = tmp_path / "other-agent.qcow2"
+    other = rebuild(raw_production, out, "--agent-version", OTHER_AGENT)
+    before, after = layers(raw_production), layers(other)
+    assert after["system"]["cached"] and after["system"]["key"] == before["system"]["key"]
+    assert not after["guest"]["cached"] and after["guest"]["key"] != before["guest"]["key"]
+    assert other.stderr.count(LAUNCH) == 1
+    names = [s["name"] for s in other.manifest["steps"]]
+    assert "packages" not in names and "agent-venv" in names
+    assert other.manifest["agent"]["version"] == OTHER_AGENT
+    g = inspect(out, "qcow2")
+    site = "/opt/guest-agent-venv/lib/python3.11/site-packages"
+    assert g.is_dir(f"{site}/trove-{OTHER_AGENT}.dist-info")
+    assert not g.is_dir(f"{site}/trove-{raw_production.manifest['agent']['version']}.dist-info")
+    # What the system layer installed is all there, from the cache.
+    assert g.is_file("/usr/sbin/dockerd")
+    assert other.manifest["packages"] == raw_production.manifest["packages"]

@@ -1,0 +1,161 @@
+"""Which layer each kind of build input belongs to: a change must make exactly the right layer's
+key change (and so everything above it), and nothing else. The real builds in
+tests/image/test_layer_rebuilds.py show the cache acting on these keys."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assembler import build
+from assembler.agent.devkeys import KeyPair
+from assembler.agent.wheelhouse import Wheel, Wheelhouse
+from assembler.config import BuildConfig, BuildOptions, make_config
+from assembler.layers import layer_key
+
+
+def wheelhouse(version: str = "26.0.0", digest: str = "a" * 64) -> Wheelhouse:
+    """Data only: what a built wheelhouse records (its wheels' names and hashes)."""
+    wheel = Wheel(Path(f"/w/trove-{version}-py3-none-any.whl"), "trove", version, digest, 1)
+    return Wheelhouse(
+        directory=Path("/w"),
+        key=f"trove-{version}-cp311-x86_64-0",
+        agent_name="trove",
+        agent_version=version,
+        agent_source=f"PyPI trove=={version}",
+        python="3.11",
+        glibc="2.36",
+        arch="x86_64",
+        constraints=None,
+        constraints_sha256=None,
+        wheels=(wheel,),
+    )
+
+
+def config(env: dict[str, str] | None = None, **opts: Any) -> BuildConfig:
+    options = BuildOptions(
+        **{"guest_os": "debian", "release": "bookworm", "output": "/tmp/x.qcow2", **opts}
+    )
+    return make_config(options, {"HOST_SCP_USERNAME": "stack", **(env or {})})
+
+
+def keys(
+    cfg: BuildConfig, house: Wheelhouse | None = None, dev_key: KeyPair | None = None
+) -> tuple[str, str]:
+    """(system key, guest key) over one base, the guest key on that system layer."""
+    system = layer_key("system", "base-sha", build.system_inputs(cfg))
+    inputs = build.guest_inputs(cfg, house or wheelhouse(), dev_key)
+    return system, layer_key("guest", f"{system}.generation", inputs)
+
+
+REFERENCE = config(dev_mode=False)
+
+# (what changes, the config with it changed) -> the lowest layer it must rebuild.
+SYSTEM_CHANGES = {
+    "mirror": config(dev_mode=False, mirror="http://mirror.example/debian"),
+    "docker source": config(dev_mode=False, docker_source="docker-ce"),
+    "disk size": config(dev_mode=False, size="6G"),
+    "release": make_config(
+        BuildOptions(guest_os="ubuntu", release="noble", output="/tmp/x.qcow2", dev_mode=False),
+        {"HOST_SCP_USERNAME": "stack"},
+    ),
+}
+GUEST_CHANGES = {
+    "guest user": config(dev_mode=False, guest_username="trove"),
+    "datasources": config(dev_mode=False, datasources="OpenStack"),
+    "etc hosts": config({"DIB_CLOUD_INIT_ETC_HOSTS": "template"}, dev_mode=False),
+    "root password": config({"TROVE_ROOT_PASSWORD": "secret-1"}, dev_mode=False),
+    "dev mode": config(),
+    "management gateway": config({"TROVE_MGMT_GATEWAY": "10.0.0.1"}, dev_mode=False),
+    "controller user": config({"HOST_SCP_USERNAME": "other"}, dev_mode=False),
+}
+# Options that change only the output: no layer is rebuilt.
+OUTPUT_ONLY = {
+    "format": config(dev_mode=False, output="/tmp/x.raw"),
+    "compression": config(dev_mode=False, compression="zstd"),
+    "output path": config(dev_mode=False, output="/elsewhere/y.qcow2"),
+    "max age": config(dev_mode=False, max_age_days=1.0),
+}
+
+
+@pytest.mark.parametrize("what", sorted(SYSTEM_CHANGES))
+def test_system_inputs_rebuild_from_the_system_layer(what: str) -> None:
+    ref_system, ref_guest = keys(REFERENCE)
+    system, guest = keys(SYSTEM_CHANGES[what])
+    assert system != ref_system
+    assert guest != ref_guest  # on another parent
+
+
+@pytest.mark.parametrize("what", sorted(GUEST_CHANGES))
+def test_guest_inputs_reuse_the_system_layer(what: str) -> None:
+    ref_system, ref_guest = keys(REFERENCE)
+    system, guest = keys(GUEST_CHANGES[what])
+    assert system == ref_system
+    assert guest != ref_guest
+
+
+@pytest.mark.parametrize("what", sorted(OUTPUT_ONLY))
+def test_output_options_rebuild_no_layer(what: str) -> None:
+    assert keys(OUTPUT_ONLY[what]) == keys(REFERENCE)
+
+
+def test_another_agent_release_or_wheel_rebuilds_the_guest_layer_only() -> None:
+    ref_system, ref_guest = keys(REFERENCE)
+    for house in (wheelhouse("25.1.0"), wheelhouse(digest="b" * 64)):
+        system, guest = keys(REFERENCE, house)
+        assert system == ref_system and guest != ref_guest
+
+
+def test_the_same_root_password_is_the_same_key_though_its_hash_is_salted_anew() -> None:
+    one = config({"TROVE_ROOT_PASSWORD": "secret-1"}, dev_mode=False)
+    two = config({"TROVE_ROOT_PASSWORD": "secret-1"}, dev_mode=False)
+    assert one.root_password_hash != two.root_password_hash  # a new salt each build
+    assert keys(one) == keys(two)
+    assert keys(config({"TROVE_ROOT_PASSWORD": "secret-2"}, dev_mode=False)) != keys(one)
+    # Neither the password nor its crypt hash is written into the cache's entry.
+    assert "secret-1" not in str(build.guest_inputs(one, wheelhouse(), None))
+    assert str(one.root_password_hash) not in str(build.guest_inputs(one, wheelhouse(), None))
+
+
+def test_a_dev_key_is_part_of_the_guest_layer() -> None:
+    dev = config()
+    a, b = KeyPair.generate("a"), KeyPair.generate("b")
+    assert keys(dev, dev_key=a)[0] == keys(dev, dev_key=b)[0]
+    assert keys(dev, dev_key=a)[1] != keys(dev, dev_key=b)[1]
+    assert keys(dev, dev_key=a) == keys(dev, dev_key=KeyPair(a.private, a.public))
+
+
+def test_a_change_to_a_layer_s_code_or_files_rebuilds_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The step code and the files copied into the image are inputs too."""
+    copy = tmp_path / "assembler"
+    shutil.copytree(build.ASSEMBLER, copy)
+    monkeypatch.setattr(build, "ASSEMBLER", copy)
+    ref_system, ref_guest = keys(REFERENCE)
+    (copy / "steps" / "hygiene.py").write_text("# changed\n", encoding="utf-8")
+    system, guest = keys(REFERENCE)
+    assert system == ref_system and guest != ref_guest
+    (copy / "steps" / "apt.py").write_text("# changed\n", encoding="utf-8")
+    assert keys(REFERENCE)[0] != ref_system
+    # A unit file the agent step copies into the image.
+    before = keys(REFERENCE)
+    real = build.resource_files
+    extra = tmp_path / "another.service"
+    extra.write_text("[Unit]\n")
+    monkeypatch.setattr(
+        build, "resource_files", lambda d: [*real(d), extra] if d == "overlays/agent" else real(d)
+    )
+    after = keys(REFERENCE)
+    assert after[0] == before[0] and after[1] != before[1]
+
+
+def test_inputs_hold_no_host_paths_that_vary_between_builds() -> None:
+    """The keys of two builds that differ only in output path and scratch space match."""
+    a = replace(REFERENCE, output=Path("/one/a.qcow2"))
+    b = replace(REFERENCE, output=Path("/two/b.qcow2"))
+    assert keys(a) == keys(b)
