@@ -13,7 +13,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # peer `make bench` measures us against.
 APT_PACKAGES := libguestfs-tools guestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
 	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
-	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl
+	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl \
+	zstd
 
 # `make image` options, passed on only when set (trovestack's defaults otherwise).
 GUEST_OS ?=

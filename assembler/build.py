@@ -8,11 +8,12 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from assembler import accel as accel_mod
 from assembler import cancel
@@ -55,11 +56,10 @@ def system_steps() -> tuple[tuple[str, Step], ...]:
     )
 
 
-def guest_steps(
-    mounts: dict[str, str], agent: AgentPayload, dev_key: KeyPair | None
-) -> tuple[tuple[str, Step], ...]:
-    """The guest layer: who logs in, cloud-init, the agent; then the image is made anonymous.
-    Cheap steps, so one layer: an agent change costs one appliance launch and no apt."""
+def config_steps(mounts: dict[str, str]) -> tuple[tuple[str, Step], ...]:
+    """The config layer: who logs in, cloud-init, Trove's directories; then the image is made
+    anonymous. Hygiene runs here, below the agent layer: the agent's steps leave no logs,
+    keys or machine state behind, so the image stays clean when only the agent changes."""
     return (
         ("mount", partial(disk.mount, mounts=mounts)),
         ("guest-user", user.create_guest_user),
@@ -70,11 +70,22 @@ def guest_steps(
         ("cloud-init-user", cloudinit.default_user),
         ("cloud-init-etc-hosts", cloudinit.etc_hosts),
         ("trove-directories", trove.directories),
+        ("hygiene", hygiene.clean),
+        ("trim", disk.trim),
+    )
+
+
+def agent_steps_for(
+    mounts: dict[str, str], agent: AgentPayload, dev_key: KeyPair | None
+) -> tuple[tuple[str, Step], ...]:
+    """The agent layer, on top: what changes with every agent release or checkout. One
+    appliance launch, no apt, and no step below it runs again."""
+    return (
+        ("mount", partial(disk.mount, mounts=mounts)),
         ("agent-venv", partial(agent_steps.install_venv, payload=agent)),
         ("agent-services", partial(agent_steps.services, payload=agent)),
         ("agent-controller", agent_steps.controller),
         *([("dev-keys", partial(agent_steps.dev_keys, pair=dev_key))] if dev_key else []),
-        ("hygiene", hygiene.clean),
         ("trim", disk.trim),
     )
 
@@ -85,10 +96,13 @@ SYSTEM_CODE = (
     "steps/disk.py", "steps/apt.py", "steps/docker.py", "steps/packages.py",
     "packages.py", "distros.py", "guest.py",
 )  # fmt: skip
-GUEST_CODE = (
+CONFIG_CODE = (
     "steps/disk.py", "steps/user.py", "steps/docker.py", "steps/cloudinit.py", "steps/trove.py",
-    "steps/agent.py", "steps/hygiene.py", "agent/venv.py", "agent/payload.py",
-    "agent/devkeys.py", "guest.py", "resources.py",
+    "steps/hygiene.py", "guest.py", "resources.py",
+)  # fmt: skip
+AGENT_CODE = (
+    "steps/disk.py", "steps/agent.py", "agent/venv.py", "agent/payload.py", "agent/devkeys.py",
+    "guest.py", "resources.py",
 )  # fmt: skip
 
 
@@ -111,21 +125,27 @@ def system_inputs(cfg: BuildConfig) -> dict[str, Any]:
     }
 
 
-def guest_inputs(
-    cfg: BuildConfig, wheelhouse: Wheelhouse, dev_key: KeyPair | None
-) -> dict[str, Any]:
-    agent = cfg.agent
+def config_inputs(cfg: BuildConfig) -> dict[str, Any]:
     return {
-        "code": code_digest(GUEST_CODE, ("overlays/agent", "overlays/user", "cloudinit")),
+        "code": code_digest(CONFIG_CODE, ("overlays/user", "cloudinit")),
         "user": cfg.guest_username,
         "root_password": cfg.root_password_id,
         "datasources": list(cfg.datasources),
         "etc_hosts": str(cfg.etc_hosts),
-        "host_scp_username": cfg.host_scp_username,
+    }
+
+
+def agent_inputs(
+    cfg: BuildConfig, wheelhouse: Wheelhouse, dev_key: KeyPair | None
+) -> dict[str, Any]:
+    agent = cfg.agent
+    return {
+        "code": code_digest(AGENT_CODE, ("overlays/agent",)),
         "dev_mode": cfg.dev_mode,
         # The wheels' hashes: another agent version or source is another set of wheels.
         "agent": wheelhouse.manifest(),
         "controller": [agent.controller_host, agent.controller_trove_path, agent.mgmt_gateway],
+        "host_scp_username": cfg.host_scp_username,
         "sync_logs": agent.sync_logs,
         "dev_public_key": dev_key.public if dev_key else None,
     }
@@ -203,7 +223,7 @@ def build(cfg: BuildConfig) -> Manifest:
     with tempfile.TemporaryDirectory(prefix="build-", dir=workroot) as work, ExitStack() as held:
 
         def build_system(overlay: Path) -> dict[str, Any]:
-            return _run_layer(overlay, cfg, chosen_accel, system_steps(), network=True)
+            return _run_layer(overlay, cfg, chosen_accel, system_steps, network=True)
 
         system, _ = held.enter_context(
             cache.layer(
@@ -218,31 +238,45 @@ def build(cfg: BuildConfig) -> Manifest:
             )
         )
         manifest.layers.append(_layer_record(system, _))
-        parent = Parent(cache.overlay(system), "qcow2", system.ident)
+        mounts = system.record["mounts"]
 
-        def build_guest(overlay: Path) -> dict[str, Any]:
-            started = time.monotonic()
-            agent = prepare_agent(cfg, Path(work), wheelhouse)
-            prepared = StepRecord("agent-prepare", time.monotonic() - started)
-            plan = guest_steps(system.record["mounts"], agent, dev_key)
-            record = _run_layer(overlay, cfg, chosen_accel, plan, network=False)
-            record["steps"].insert(0, asdict(prepared))
+        def build_config(overlay: Path) -> dict[str, Any]:
+            return _run_layer(overlay, cfg, chosen_accel, lambda: config_steps(mounts))
+
+        config, hit = held.enter_context(
+            cache.layer("config", _on(cache, system), config_inputs(cfg), build_config)
+        )
+        manifest.layers.append(_layer_record(config, hit))
+
+        def build_agent(overlay: Path) -> dict[str, Any]:
+            # The venv is laid out on the host while the appliance boots: two cores, two jobs.
+            with ThreadPoolExecutor(1) as pool:
+                prepared = pool.submit(_timed, prepare_agent, cfg, Path(work), wheelhouse)
+
+                def plan() -> tuple[tuple[str, Step], ...]:
+                    return agent_steps_for(mounts, prepared.result()[0], dev_key)
+
+                record = _run_layer(overlay, cfg, chosen_accel, plan)
+            agent, seconds = prepared.result()
+            record["steps"].insert(0, asdict(StepRecord("agent-prepare", seconds)))
             record["agent"] = agent.manifest()
             return record
 
-        guest, hit = held.enter_context(
-            cache.layer("guest", parent, guest_inputs(cfg, wheelhouse, dev_key), build_guest)
+        top, hit = held.enter_context(
+            cache.layer(
+                "agent", _on(cache, config), agent_inputs(cfg, wheelhouse, dev_key), build_agent
+            )
         )
-        manifest.layers.append(_layer_record(guest, hit))
+        manifest.layers.append(_layer_record(top, hit))
         manifest.steps = [StepRecord(**s) for layer in manifest.layers for s in layer["steps"]]
         manifest.packages = system.record["packages"]
-        manifest.agent = dict(guest.record["agent"])
+        manifest.agent = dict(top.record["agent"])
         if dev_key is not None:
             manifest.private_keys = [f"/home/{cfg.guest_username}/.ssh/id_ed25519"]
             manifest.agent["dev_public_key"] = dev_key.public
         log.info("converting to %s", cfg.image_format)
         started = time.monotonic()
-        convert(cache.overlay(guest), cfg.image_format, cfg.output, str(cfg.compression))
+        convert(cache.overlay(top), cfg.image_format, cfg.output, str(cfg.compression))
         manifest.steps.append(StepRecord("convert", time.monotonic() - started))
     info = image_info(cfg.output)
     manifest.output = {
@@ -270,8 +304,8 @@ def _run_layer(
     overlay: Path,
     cfg: BuildConfig,
     chosen_accel: accel_mod.Accel,
-    plan: tuple[tuple[str, Step], ...],
-    network: bool,
+    plan: Callable[[], tuple[tuple[str, Step], ...]],
+    network: bool = False,
 ) -> dict[str, Any]:
     """One appliance launch on a layer's overlay, its steps run; returns the layer's record
     (with the installed packages and mountpoints when the layer has apt: `network`)."""
@@ -279,11 +313,23 @@ def _run_layer(
     started = time.monotonic()
     with appliance([(overlay, "qcow2")], accel=chosen_accel, network=network) as g:
         record.steps.append(StepRecord("launch", time.monotonic() - started))
-        run_steps(g, cfg, record, plan)
+        run_steps(g, cfg, record, plan())
         found = (
             {"packages": packages.installed(g), "mounts": disk.mountpoints(g)} if network else {}
         )
     return {"steps": [asdict(s) for s in record.steps], **found}
+
+
+def _on(cache: LayerCache, entry: Entry) -> Parent:
+    return Parent(cache.overlay(entry), "qcow2", entry.ident)
+
+
+T = TypeVar("T")
+
+
+def _timed(func: Callable[..., T], *args: Any) -> tuple[T, float]:
+    started = time.monotonic()
+    return func(*args), time.monotonic() - started
 
 
 def _layer_record(entry: Entry, hit: bool) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def prepare(repeat: int) -> tuple[Path, list[str]]:
     base = cached_base(BaseSpec(release), accel.resolve(accel.Accel.AUTO))
     agents: list[str] = []
     for version in (AGENT, *OTHER_AGENTS):
-        if len(agents) > repeat:
+        if len(agents) > 2 * repeat:
             break
         try:
             build_wheelhouse(WheelhouseSpec.for_release(release, PypiAgent(version), None))
@@ -148,7 +148,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
         base, agents = prepare(args.repeat)
-        if len(agents) < 1 + args.repeat:
+        if len(agents) < 1 + 2 * args.repeat:
             raise SystemExit("error: not enough agent releases resolved for the rebuild cases")
         sizes["base"] = base.stat().st_size
         others = iter(agents[1:])
@@ -164,6 +164,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             agent_out = work / f"agent-{i}.qcow2"
             runs.setdefault("agent-only", []).append(
                 our_build(base, cache, agent_out, "--agent-version", other)
+            )
+            agent_out.unlink()
+            other = next(others)
+            log(f"ours, agent-only rebuild, uncompressed {i + 1}/{args.repeat} (trove {other})")
+            agent_out = work / f"agent-plain-{i}.qcow2"
+            runs.setdefault("agent-only plain", []).append(
+                our_build(base, cache, agent_out, "--agent-version", other, "--compression", "none")
             )
             agent_out.unlink()
             log(f"ours, unchanged rebuild {i + 1}/{args.repeat}")
@@ -222,6 +229,7 @@ def report(
     ratios = {
         "cold/peer": med("cold") / med("peer"),
         "agent-only/cold": med("agent-only") / med("cold"),
+        "agent-only plain/cold": med("agent-only plain") / med("cold"),
         "unchanged/cold": med("unchanged") / med("cold"),
         "unchanged launches": float(max(r["launches"] for r in runs["unchanged"])),
         "qcow2/peer plain": sizes["ours"] / sizes["peer plain"],
@@ -267,6 +275,11 @@ def table(result: dict[str, Any]) -> str:
         _row("virt-customize + qemu-img convert (peer)", t["peer"], "1.00"),
         _row("ours: cold build (empty layer cache)", t["cold"], f"{r['cold/peer']:.2f} x peer"),
         _row("ours: agent-only rebuild", t["agent-only"], f"{r['agent-only/cold']:.2f} x cold"),
+        _row(
+            "ours: agent-only rebuild, uncompressed output",
+            t["agent-only plain"],
+            f"{r['agent-only plain/cold']:.2f} x cold",
+        ),
         _row(
             "ours: unchanged rebuild",
             t["unchanged"],

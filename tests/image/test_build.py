@@ -59,8 +59,10 @@ def test_output_format_and_manifest(case: tuple[Built, Any, tuple[str, ...]]) ->
     built_layers = [layer["name"] for layer in m["layers"] if not layer["cached"]]
     if "system" in built_layers:
         assert names[0] == "launch" and "packages" in names
-    if "guest" in built_layers:
-        assert {"agent-prepare", "hygiene", "trim"} <= set(names)
+    if "config" in built_layers:
+        assert {"guest-user", "hygiene", "trim"} <= set(names)
+    if "agent" in built_layers:
+        assert {"agent-prepare", "agent-venv"} <= set(names)
     assert all(s["seconds"] >= 0 for s in m["steps"])
     assert re.match(r"^\d", m["packages"]["docker.io"])
     assert "cloud-init" in m["packages"]

@@ -37,11 +37,13 @@ def test_a_dev_build_reuses_the_production_build_s_system_layer(
     prod, dev = layers(raw_production), layers(vmdk_dev)
     assert prod["system"]["key"] == dev["system"]["key"]
     assert prod["system"]["generation"] == dev["system"]["generation"]
-    assert prod["guest"]["key"] != dev["guest"]["key"]
-    # Whichever ran second took the system layer from the cache and built its own guest layer.
+    # The production build sets a root password (config) and is not in dev mode (agent).
+    assert prod["config"]["key"] != dev["config"]["key"]
+    assert prod["agent"]["key"] != dev["agent"]["key"]
+    # Whichever ran second took the system layer from the cache and built the rest.
     second = dev if dev["system"]["cached"] else prod
-    assert second["system"]["cached"] and not second["guest"]["cached"]
-    assert sum(1 for built in (raw_production, vmdk_dev) if LAUNCH in built.stderr) == 2
+    assert second["system"]["cached"]
+    assert not second["config"]["cached"] and not second["agent"]["cached"]
 
 
 def test_another_disk_size_builds_its_own_system_layer(
@@ -77,11 +79,12 @@ def test_another_agent_rebuilds_only_the_guest_layer(
     out = tmp_path / "other-agent.qcow2"
     other = rebuild(raw_production, out, "--agent-version", OTHER_AGENT)
     before, after = layers(raw_production), layers(other)
-    assert after["system"]["cached"] and after["system"]["key"] == before["system"]["key"]
-    assert not after["guest"]["cached"] and after["guest"]["key"] != before["guest"]["key"]
+    for name in ("system", "config"):
+        assert after[name]["cached"] and after[name]["key"] == before[name]["key"]
+    assert not after["agent"]["cached"] and after["agent"]["key"] != before["agent"]["key"]
     assert other.stderr.count(LAUNCH) == 1
     names = [s["name"] for s in other.manifest["steps"]]
-    assert "packages" not in names and "agent-venv" in names
+    assert "packages" not in names and "hygiene" not in names and "agent-venv" in names
     assert other.manifest["agent"]["version"] == OTHER_AGENT
     g = inspect(out, "qcow2")
     site = "/opt/guest-agent-venv/lib/python3.11/site-packages"

@@ -45,11 +45,13 @@ def config(env: dict[str, str] | None = None, **opts: Any) -> BuildConfig:
 
 def keys(
     cfg: BuildConfig, house: Wheelhouse | None = None, dev_key: KeyPair | None = None
-) -> tuple[str, str]:
-    """(system key, guest key) over one base, the guest key on that system layer."""
+) -> tuple[str, str, str]:
+    """(system, config, agent) keys over one base, each layer on the one below, as a build
+    chains them (a parent is named by its key and generation)."""
     system = layer_key("system", "base-sha", build.system_inputs(cfg))
-    inputs = build.guest_inputs(cfg, house or wheelhouse(), dev_key)
-    return system, layer_key("guest", f"{system}.generation", inputs)
+    config = layer_key("config", f"{system}.1", build.config_inputs(cfg))
+    inputs = build.agent_inputs(cfg, house or wheelhouse(), dev_key)
+    return system, config, layer_key("agent", f"{config}.1", inputs)
 
 
 REFERENCE = config(dev_mode=False)
@@ -64,11 +66,13 @@ SYSTEM_CHANGES = {
         {"HOST_SCP_USERNAME": "stack"},
     ),
 }
-GUEST_CHANGES = {
+CONFIG_CHANGES = {
     "guest user": config(dev_mode=False, guest_username="trove"),
     "datasources": config(dev_mode=False, datasources="OpenStack"),
     "etc hosts": config({"DIB_CLOUD_INIT_ETC_HOSTS": "template"}, dev_mode=False),
     "root password": config({"TROVE_ROOT_PASSWORD": "secret-1"}, dev_mode=False),
+}
+AGENT_CHANGES = {
     "dev mode": config(),
     "management gateway": config({"TROVE_MGMT_GATEWAY": "10.0.0.1"}, dev_mode=False),
     "controller user": config({"HOST_SCP_USERNAME": "other"}, dev_mode=False),
@@ -83,19 +87,26 @@ OUTPUT_ONLY = {
 
 
 @pytest.mark.parametrize("what", sorted(SYSTEM_CHANGES))
-def test_system_inputs_rebuild_from_the_system_layer(what: str) -> None:
-    ref_system, ref_guest = keys(REFERENCE)
-    system, guest = keys(SYSTEM_CHANGES[what])
-    assert system != ref_system
-    assert guest != ref_guest  # on another parent
+def test_system_inputs_rebuild_every_layer(what: str) -> None:
+    ref = keys(REFERENCE)
+    changed = keys(SYSTEM_CHANGES[what])
+    assert all(a != b for a, b in zip(changed, ref, strict=True))  # the others on a new parent
 
 
-@pytest.mark.parametrize("what", sorted(GUEST_CHANGES))
-def test_guest_inputs_reuse_the_system_layer(what: str) -> None:
-    ref_system, ref_guest = keys(REFERENCE)
-    system, guest = keys(GUEST_CHANGES[what])
-    assert system == ref_system
-    assert guest != ref_guest
+@pytest.mark.parametrize("what", sorted(CONFIG_CHANGES))
+def test_config_inputs_reuse_the_system_layer(what: str) -> None:
+    ref = keys(REFERENCE)
+    system, config, agent = keys(CONFIG_CHANGES[what])
+    assert system == ref[0]
+    assert config != ref[1] and agent != ref[2]
+
+
+@pytest.mark.parametrize("what", sorted(AGENT_CHANGES))
+def test_agent_inputs_rebuild_only_the_agent_layer(what: str) -> None:
+    ref = keys(REFERENCE)
+    system, config, agent = keys(AGENT_CHANGES[what])
+    assert (system, config) == ref[:2]
+    assert agent != ref[2]
 
 
 @pytest.mark.parametrize("what", sorted(OUTPUT_ONLY))
@@ -103,11 +114,11 @@ def test_output_options_rebuild_no_layer(what: str) -> None:
     assert keys(OUTPUT_ONLY[what]) == keys(REFERENCE)
 
 
-def test_another_agent_release_or_wheel_rebuilds_the_guest_layer_only() -> None:
-    ref_system, ref_guest = keys(REFERENCE)
+def test_another_agent_release_or_wheel_rebuilds_only_the_agent_layer() -> None:
+    ref = keys(REFERENCE)
     for house in (wheelhouse("25.1.0"), wheelhouse(digest="b" * 64)):
-        system, guest = keys(REFERENCE, house)
-        assert system == ref_system and guest != ref_guest
+        changed = keys(REFERENCE, house)
+        assert changed[:2] == ref[:2] and changed[2] != ref[2]
 
 
 def test_the_same_root_password_is_the_same_key_though_its_hash_is_salted_anew() -> None:
@@ -117,15 +128,15 @@ def test_the_same_root_password_is_the_same_key_though_its_hash_is_salted_anew()
     assert keys(one) == keys(two)
     assert keys(config({"TROVE_ROOT_PASSWORD": "secret-2"}, dev_mode=False)) != keys(one)
     # Neither the password nor its crypt hash is written into the cache's entry.
-    assert "secret-1" not in str(build.guest_inputs(one, wheelhouse(), None))
-    assert str(one.root_password_hash) not in str(build.guest_inputs(one, wheelhouse(), None))
+    assert "secret-1" not in str(build.config_inputs(one))
+    assert str(one.root_password_hash) not in str(build.config_inputs(one))
 
 
 def test_a_dev_key_is_part_of_the_guest_layer() -> None:
     dev = config()
     a, b = KeyPair.generate("a"), KeyPair.generate("b")
-    assert keys(dev, dev_key=a)[0] == keys(dev, dev_key=b)[0]
-    assert keys(dev, dev_key=a)[1] != keys(dev, dev_key=b)[1]
+    assert keys(dev, dev_key=a)[:2] == keys(dev, dev_key=b)[:2]
+    assert keys(dev, dev_key=a)[2] != keys(dev, dev_key=b)[2]
     assert keys(dev, dev_key=a) == keys(dev, dev_key=KeyPair(a.private, a.public))
 
 
@@ -136,12 +147,15 @@ def test_a_change_to_a_layer_s_code_or_files_rebuilds_it(
     copy = tmp_path / "assembler"
     shutil.copytree(build.ASSEMBLER, copy)
     monkeypatch.setattr(build, "ASSEMBLER", copy)
-    ref_system, ref_guest = keys(REFERENCE)
+    ref = keys(REFERENCE)
+    (copy / "steps" / "agent.py").write_text("# changed\n", encoding="utf-8")
+    changed = keys(REFERENCE)
+    assert changed[:2] == ref[:2] and changed[2] != ref[2]
     (copy / "steps" / "hygiene.py").write_text("# changed\n", encoding="utf-8")
-    system, guest = keys(REFERENCE)
-    assert system == ref_system and guest != ref_guest
+    changed = keys(REFERENCE)
+    assert changed[0] == ref[0] and changed[1] != ref[1]
     (copy / "steps" / "apt.py").write_text("# changed\n", encoding="utf-8")
-    assert keys(REFERENCE)[0] != ref_system
+    assert keys(REFERENCE)[0] != ref[0]
     # A unit file the agent step copies into the image.
     before = keys(REFERENCE)
     real = build.resource_files
@@ -151,7 +165,7 @@ def test_a_change_to_a_layer_s_code_or_files_rebuilds_it(
         build, "resource_files", lambda d: [*real(d), extra] if d == "overlays/agent" else real(d)
     )
     after = keys(REFERENCE)
-    assert after[0] == before[0] and after[1] != before[1]
+    assert after[:2] == before[:2] and after[2] != before[2]
 
 
 def test_inputs_hold_no_host_paths_that_vary_between_builds() -> None:
