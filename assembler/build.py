@@ -92,15 +92,21 @@ def agent_steps_for(
 
 ASSEMBLER = Path(__file__).parent
 # The code each layer's steps run: a change to it makes the layer's cached copy stale.
+# build.py itself is in each: it decides which steps make up a layer.
 SYSTEM_CODE = (
+    "build.py",
     "steps/disk.py", "steps/apt.py", "steps/docker.py", "steps/packages.py",
     "packages.py", "distros.py", "guest.py",
 )  # fmt: skip
 CONFIG_CODE = (
+    "build.py",
+    "secrets.py",
     "steps/disk.py", "steps/user.py", "steps/docker.py", "steps/cloudinit.py", "steps/trove.py",
     "steps/hygiene.py", "guest.py", "resources.py",
 )  # fmt: skip
 AGENT_CODE = (
+    "build.py",
+    "boottest/guest_facts.py",  # which private keys the venv is stripped of
     "steps/disk.py", "steps/agent.py", "agent/venv.py", "agent/payload.py", "agent/devkeys.py",
     "guest.py", "resources.py",
 )  # fmt: skip
@@ -262,8 +268,14 @@ def build(cfg: BuildConfig) -> Manifest:
             record["agent"] = agent.manifest()
             return record
 
+        # A key pair made for this build alone would make every dev build's agent layer new:
+        # such a layer (holding the private key) stays in the build's scratch space.
+        ephemeral = dev_key is not None and cfg.agent.dev_key is None
+        if ephemeral:
+            log.info("agent layer not cached: its dev key is new (--dev-key caches it)")
+        agent_cache = LayerCache(Path(work) / "layers") if ephemeral else cache
         top, hit = held.enter_context(
-            cache.layer(
+            agent_cache.layer(
                 "agent", _on(cache, config), agent_inputs(cfg, wheelhouse, dev_key), build_agent
             )
         )
@@ -276,7 +288,7 @@ def build(cfg: BuildConfig) -> Manifest:
             manifest.agent["dev_public_key"] = dev_key.public
         log.info("converting to %s", cfg.image_format)
         started = time.monotonic()
-        convert(cache.overlay(top), cfg.image_format, cfg.output, str(cfg.compression))
+        convert(agent_cache.overlay(top), cfg.image_format, cfg.output, str(cfg.compression))
         manifest.steps.append(StepRecord("convert", time.monotonic() - started))
     info = image_info(cfg.output)
     manifest.output = {

@@ -299,7 +299,8 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
 def cmd_cache(ns: argparse.Namespace) -> int:
     from assembler.layers import LayerCache, describe, parse_bytes
 
-    root = Path(ns.layer_cache).expanduser().absolute() if ns.layer_cache else None
+    where = ns.layer_cache or os.environ.get("ASSEMBLER_LAYER_CACHE")
+    root = Path(where).expanduser().absolute() if where else None
     if root is not None and not root.is_dir():
         raise UsageError(f"layer cache {root} does not exist")
     cache = LayerCache(root)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from assembler import cancel
 from assembler.errors import UsageError
 from assembler.paths import cache_dir
 from assembler.run import run
@@ -86,7 +87,9 @@ def digest_files(paths: list[Path]) -> str:
 class LayerCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or cache_dir() / "layers"
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Private: a dev build's agent layer holds its key pair, like the image itself.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
 
     # ----- reading ---------------------------------------------------------------------------
 
@@ -108,8 +111,12 @@ class LayerCache:
         found = (self.entry(p.stem) for p in sorted(self.root.glob("*.json")))
         return [e for e in found if e is not None]
 
-    def fresh(self, entry: Entry, max_age_days: float, refresh: bool) -> bool:
-        if not entry.ages:
+    def fresh(
+        self, entry: Entry, max_age_days: float, refresh: bool, asked: float | None = None
+    ) -> bool:
+        """Usable as it is. A layer of packages built after the caller asked for it (by a
+        concurrent build, waited for) is as fresh as a refresh can make it."""
+        if not entry.ages or (asked is not None and entry.created >= asked):
             return True
         return not refresh and entry.age_days() <= max_age_days
 
@@ -132,29 +139,35 @@ class LayerCache:
         a fresh cached entry, else built by `build(overlay)` (which returns the entry's record)
         and published. Yields (entry, whether it came from the cache)."""
         key = layer_key(name, parent.ident, inputs)
-        with (self.root / f"{key}.lock").open("a") as handle:
-            try:
-                _flock(handle, fcntl.LOCK_SH, f"the {name} layer")
-                entry = self.entry(key)
-                hit = entry is not None and self.fresh(entry, max_age_days, refresh)
-                if not hit:
-                    # Only one process builds a key; the others wait, then find it built.
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-                    _flock(handle, fcntl.LOCK_EX, f"the {name} layer")
-                    entry = self.entry(key)
-                    hit = entry is not None and self.fresh(entry, max_age_days, refresh)
+        asked = time.time()
+        what = f"the {name} layer"
+        # Two locks a key. The use lock is held shared from here until the caller is done,
+        # so prune (which needs it exclusive) never removes what this build looks at, builds
+        # or stands on; the build lock lets one process build the key while the others wait.
+        with self._locked(key, "lock", fcntl.LOCK_SH, what):
+            entry = self.entry(key)
+            hit = entry is not None and self.fresh(entry, max_age_days, refresh, asked)
+            if not hit:
+                with self._locked(key, "build.lock", fcntl.LOCK_EX, what):
+                    entry = self.entry(key)  # another process may have built it meanwhile
+                    hit = entry is not None and self.fresh(entry, max_age_days, refresh, asked)
                     if entry is not None and not hit:
                         why = "--refresh" if refresh else f"{entry.age_days():.1f} days old"
                         log.info("layer %s: built again for new packages (%s)", name, why)
                     if entry is None or not hit:
                         entry = self._build(key, name, parent, inputs, build, ages, size)
-                    # Held shared while in use: prune and a refresh wait for it.
-                    fcntl.flock(handle, fcntl.LOCK_SH)
-                assert entry is not None
-                if hit:
-                    log.info("layer %s: from the cache (%s)", name, key[:12])
-                self._touch(entry)
-                yield entry, hit
+            assert entry is not None
+            if hit:
+                log.info("layer %s: from the cache (%s)", name, key[:12])
+            self._touch(entry)
+            yield entry, hit
+
+    @contextlib.contextmanager
+    def _locked(self, key: str, suffix: str, mode: int, what: str) -> Iterator[None]:
+        with (self.root / f"{key}.{suffix}").open("a") as handle:
+            _flock(handle, mode, what)
+            try:
+                yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -189,6 +202,7 @@ class LayerCache:
                 inputs=inputs,
                 record=record,
             )
+            tmp.chmod(0o600)
             _fsync(tmp)
             os.replace(tmp, final)
             _write_atomically(self.root / f"{key}.json", json.dumps(asdict(entry), indent=1))
@@ -241,13 +255,12 @@ class LayerCache:
 
     def _remove_with_children(self, entry: Entry) -> list[tuple[str, int]]:
         gone: list[tuple[str, int]] = []
-        children = [e for e in self.entries() if e.parent == entry.ident]
-        for child in children:
+        for child in [e for e in self.entries() if e.parent == entry.ident]:
             gone += self._remove_with_children(child)
-        with (self.root / f"{entry.key}.lock").open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with self._unused(entry.key) as free:
+            # Read again under the lock: a build may have published a new generation.
+            current = self.entry(entry.key)
+            if not free or current is None or current.ident != entry.ident:
                 log.info("layer %s (%s) is in use: kept", entry.name, entry.key[:12])
                 return gone
             size = self.size(entry)
@@ -257,25 +270,38 @@ class LayerCache:
         return gone
 
     def _remove_orphans(self) -> list[str]:
-        """Overlays no entry names (older generations, killed builds) and entries whose parent
-        is gone; each only when its key is not locked by a running build."""
+        """Overlays no entry names (older generations, killed builds' leftovers) and entries
+        whose overlay or parent is gone; each only while no build uses or builds its key."""
         removed = []
-        current = {e.ident for e in self.entries()}
         for path in sorted(self.root.iterdir()):
-            if path.suffix == ".json" and self.entry(path.stem) is None:
-                key = path.stem
-            elif path.suffix == ".qcow2" and path.name.removesuffix(".qcow2") not in current:
-                key = path.name.lstrip(".").split(".")[0]
-            else:
+            if path.suffix == ".lock":
                 continue
-            with (self.root / f"{key}.lock").open("a") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+            key = path.name.lstrip(".").split(".")[0]
+            with self._unused(key) as free:
+                if not free or not path.exists():
+                    continue
+                current = self.entry(key)
+                if path.suffix == ".json" and current is not None:
+                    continue
+                if path.suffix == ".qcow2" and current and path == self.overlay(current):
                     continue
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
         return removed
+
+    @contextlib.contextmanager
+    def _unused(self, key: str) -> Iterator[bool]:
+        """The key's use lock, exclusive if no build holds it: yields whether it was free."""
+        with (self.root / f"{key}.lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def parse_bytes(text: str) -> int:
@@ -310,11 +336,18 @@ def describe(cache: LayerCache) -> str:
 
 
 def _flock(handle: IO[str], mode: int, what: str) -> None:
-    try:
-        fcntl.flock(handle, mode | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.info("waiting for another build using or building %s", what)
-        fcntl.flock(handle, mode)
+    """flock, polled so that Ctrl-C stops a build waiting for another one."""
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if not waiting:
+                log.info("waiting for another build using or building %s", what)
+                waiting = True
+            cancel.check()
+            time.sleep(0.25)
 
 
 def _fsync(path: Path) -> None:

@@ -103,9 +103,10 @@ def customize_args(inputs: PeerInputs) -> list[str]:
         # Maintainer scripts must not start daemons in the appliance (as in our apt step).
         "--write", "/usr/sbin/policy-rc.d:#!/bin/sh\nexit 101\n",
         "--chmod", "0755:/usr/sbin/policy-rc.d",
+        # Grown first, as ours (the base has growpart; resize2fs grows ext4 online).
+        "--run-command", f"growpart {disk} {part} && resize2fs {inputs.root_device}",
         "--run-command", f"{apt} update",
         "--run-command", f"{apt} install --no-install-recommends {shlex.join(packages)}",
-        "--run-command", f"growpart {disk} {part} && resize2fs {inputs.root_device}",
         "--run-command", "systemctl enable docker.service containerd.service",
         "--run-command",
         f"id -u {USER} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash {USER}; "
@@ -137,8 +138,9 @@ def customize_args(inputs: PeerInputs) -> list[str]:
     return args
 
 
-def run_peer(inputs: PeerInputs, work: Path, compress: bool = True) -> dict[str, Any]:
-    """One timed peer build; returns its seconds (total and per phase) and output path."""
+def run_peer(inputs: PeerInputs, work: Path, tcg: bool, compress: bool = True) -> dict[str, Any]:
+    """One timed peer build; returns its seconds (total and per phase) and output path.
+    The appliance gets what ours gets: 2 vCPUs, 2 GiB, and TCG only where ours uses TCG."""
     disk = work / "peer-work.qcow2"
     out = work / ("peer.qcow2" if compress else "peer-plain.qcow2")
     started = time.monotonic()
@@ -148,7 +150,10 @@ def run_peer(inputs: PeerInputs, work: Path, compress: bool = True) -> dict[str,
     _run(
         ["virt-customize", "-q", "--format", "qcow2", "-a", str(disk), "--network", "--smp", "2",
          "--memsize", "2048", *customize_args(inputs)],
-        env={"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"},
+        env={
+            "LIBGUESTFS_BACKEND": "direct",
+            "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg" if tcg else "",
+        },
     )  # fmt: skip
     customized = time.monotonic()
     _run(

@@ -186,7 +186,7 @@ def test_a_layer_whose_parent_is_gone_is_a_miss(cache: LayerCache, base: Parent)
     assert (hit_a, hit_b) == (False, False)
 
 
-def _build_in_child(root: str, base: str, counter: str, out: str) -> None:
+def _build_in_child(root: str, base: str, counter: str, out: str, refresh: bool = False) -> None:
     """Runs in another process: builds layer "a" slowly, records which entry it got."""
 
     def slow(overlay: Path) -> dict[str, Any]:
@@ -197,19 +197,27 @@ def _build_in_child(root: str, base: str, counter: str, out: str) -> None:
         return {}
 
     cache = LayerCache(Path(root))
-    with cache.layer("a", Parent(Path(base), "qcow2", "base-sha256"), {"x": 1}, slow) as (e, _):
+    parent = Parent(Path(base), "qcow2", "base-sha256")
+    with cache.layer("a", parent, {"x": 1}, slow, ages=True, refresh=refresh) as (e, _):
         Path(out).write_text(e.ident)
 
 
+@pytest.mark.parametrize("refresh", [False, True], ids=["new", "refresh"])
 def test_concurrent_builds_of_one_layer_build_it_once(
-    cache: LayerCache, base: Parent, tmp_path: Path
+    cache: LayerCache, base: Parent, tmp_path: Path, refresh: bool
 ) -> None:
+    """Two builds at once: one builds, the other waits and takes it. With --refresh too: a
+    layer built after a build asked for it is as fresh as that build's own would be."""
+    if refresh:
+        with cache.layer("a", base, {"x": 1}, Writer(0x41, 1), ages=True):
+            pass
     ctx = multiprocessing.get_context("fork")
     counter = tmp_path / "counter"
     outs = [tmp_path / f"out{i}" for i in range(2)]
     procs = [
         ctx.Process(
-            target=_build_in_child, args=(str(cache.root), str(base.path), str(counter), str(o))
+            target=_build_in_child,
+            args=(str(cache.root), str(base.path), str(counter), str(o), refresh),
         )
         for o in outs
     ]
@@ -220,6 +228,24 @@ def test_concurrent_builds_of_one_layer_build_it_once(
         assert p.exitcode == 0
     assert counter.read_text() == "built\n"
     assert outs[0].read_text() == outs[1].read_text()
+
+
+def test_a_refresh_does_not_wait_for_builds_on_the_old_generation(
+    cache: LayerCache, base: Parent
+) -> None:
+    a = Writer(0x41, 1)
+    with cache.layer("a", base, {"x": 1}, a, ages=True) as (old, _):
+        # Another build (here: the same process, another lock handle) refreshes meanwhile.
+        with cache.layer("a", base, {"x": 1}, Writer(0x51, 1), ages=True, refresh=True) as (
+            new,
+            hit,
+        ):
+            assert not hit and new.generation != old.generation
+        # The old generation is still in use here: prune keeps it.
+        assert cache.overlay(old).name not in cache.prune()
+        assert reads(cache.overlay(old), 0x41, 1)
+    assert cache.overlay(old).name in cache.prune()
+    assert reads(cache.overlay(new), 0x51, 1)
 
 
 def cli_prune(cache: LayerCache, *args: str) -> subprocess.CompletedProcess[str]:
