@@ -323,23 +323,32 @@ UNWIND_SECONDS = 120.0
 
 
 def _run_in_worker(handler: Callable[[argparse.Namespace], int], ns: argparse.Namespace) -> int:
-    """Run the command in a worker thread so the main thread can act on a signal at once."""
+    """Run the command in a worker thread so the main thread can act on a signal at once.
+
+    The main thread waits on an Event of its own, not Thread.join: a KeyboardInterrupt that
+    lands inside join() can leave the thread marked as stopped while it still runs (CPython
+    3.11), and the interpreter would then exit without waiting for the worker's cleanup.
+    """
     outcome: dict[str, Any] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             outcome["rc"] = handler(ns)
         except BaseException as exc:  # handed to the main thread as it is
             outcome["exc"] = exc
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="assembler-worker")
     worker.start()
     try:
-        while worker.is_alive():
-            worker.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
         cancel.cancel_all()
-        worker.join(UNWIND_SECONDS)
+        # The worker's blocked call fails now; its finally blocks remove partial files.
+        done.wait(UNWIND_SECONDS)
         raise
     if "exc" in outcome:
         raise outcome["exc"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,41 @@ def test_docker_images_variable_is_rejected() -> None:
     proc = cli("-o", "/tmp/x.qcow2", env={"DIB_TROVE_DOCKER_IMAGES": "mysql:8"})
     assert proc.returncode == 2
     assert "DIB_TROVE_DOCKER_IMAGES" in proc.stderr
+
+
+WORKER_SCRIPT = """
+import argparse, pathlib, signal, sys, time
+from assembler import cancel, cli
+
+marker = pathlib.Path(sys.argv[1])
+signal.signal(signal.SIGTERM, cli._raise_interrupt)
+
+def handler(ns):
+    try:
+        print("working", flush=True)
+        while not cancel.cancelled():
+            time.sleep(0.05)
+        return 0
+    finally:
+        time.sleep(1.0)  # cleanup that takes a while, as removing a partial layer does
+        marker.write_text("cleaned up")
+
+try:
+    cli._run_in_worker(handler, argparse.Namespace())
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_an_interrupted_command_waits_for_its_cleanup(tmp_path: Path) -> None:
+    """SIGTERM stops the command, and the process exits only after the worker's finally blocks
+    ran (a KeyboardInterrupt inside Thread.join once let the interpreter exit without them)."""
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT, str(marker)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "working"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 130
+    assert marker.read_text() == "cleaned up"
