@@ -66,6 +66,15 @@ def test_output_format_and_manifest(case: tuple[Built, Any, tuple[str, ...]]) ->
     assert all(s["seconds"] >= 0 for s in m["steps"])
     assert re.match(r"^\d", m["packages"]["docker.io"])
     assert "cloud-init" in m["packages"]
+    if fmt == "qcow2":  # compressed by default, as trovestack's
+        check = subprocess.run(
+            ["qemu-img", "check", "--output=json", built.image],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert json.loads(check.stdout).get("compressed-clusters", 0) > 0
+        assert m["inputs"]["compression"] == "zlib"
     # Nothing temporary is left beside the output.
     assert not [p for p in built.image.parent.iterdir() if p.name.endswith(".partial")]
 

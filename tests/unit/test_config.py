@@ -121,3 +121,20 @@ def test_datasource_names_are_canonical() -> None:
     assert parse_datasources("configdrive, openstack") == ("ConfigDrive", "OpenStack")
     with pytest.raises(UsageError, match="twice"):
         parse_datasources("OpenStack, openstack")
+
+
+def test_compression_and_layer_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = {"guest_os": "debian", "release": "bookworm"}
+    cfg = make_config(BuildOptions(**base), {})
+    assert str(cfg.compression) == "zlib" and cfg.max_age_days == 7.0 and cfg.layer_cache is None
+    # Only qcow2 compresses: other formats get none, and asking for it is an error.
+    assert str(make_config(BuildOptions(**base, image_format="raw"), {}).compression) == "none"
+    with pytest.raises(UsageError, match="qcow2 only"):
+        make_config(BuildOptions(**base, image_format="raw", compression="zlib"), {})
+    with pytest.raises(UsageError, match="unknown compression"):
+        make_config(BuildOptions(**base, compression="lzma"), {})
+    with pytest.raises(UsageError, match="--max-age"):
+        make_config(BuildOptions(**base, max_age_days=-1), {})
+    env = {"ASSEMBLER_LAYER_CACHE": str(tmp_path / "layers")}
+    assert make_config(BuildOptions(**base), env).layer_cache == tmp_path / "layers"
