@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from assembler.accel import Accel, resolve
 from assembler.agent.venv import VENV_PREFIX
 from assembler.config import DockerSource
+from assembler.guest import appliance
 from assembler.packages import DOCKER, RUNTIME_PACKAGES
 from assembler.steps.agent import ENABLED as AGENT_UNITS
 from assembler.steps.hygiene import REMOVE
@@ -53,39 +55,21 @@ class PeerInputs:
 
 
 def collect_files(image: Path, dest: Path) -> None:
-    """Copy FILES out of an image our build made (read-only appliance)."""
-    import guestfs
-
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.set_backend("direct")
-    g.set_backend_settings(["force_tcg"])
-    g.add_drive_opts(str(image), readonly=True)
-    g.launch()
-    try:
-        root = g.inspect_os()[0]
-        mounts = g.inspect_get_mountpoints(root)
+    """Copy FILES out of a qcow2 our build made (read-only appliance)."""
+    with appliance([(image, "qcow2")], accel=resolve(Accel.AUTO), readonly=True) as g:
+        mounts = g.inspect_get_mountpoints(g.inspect_os()[0])
         for mp in sorted(mounts, key=len):
             g.mount_ro(mounts[mp], mp)
         for path in FILES:
             local = dest / path.lstrip("/")
             local.parent.mkdir(parents=True, exist_ok=True)
             g.download(path, str(local))
-    finally:
-        g.close()
 
 
 def root_device(base: Path) -> str:
-    import guestfs
-
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.set_backend("direct")
-    g.set_backend_settings(["force_tcg"])
-    g.add_drive_opts(str(base), readonly=True)
-    g.launch()
-    try:
+    """The base's root filesystem device in the appliance (e.g. /dev/sda2)."""
+    with appliance([(base, "qcow2")], accel=resolve(Accel.AUTO), readonly=True) as g:
         return str(g.inspect_get_mountpoints(g.inspect_os()[0])["/"])
-    finally:
-        g.close()
 
 
 def customize_args(inputs: PeerInputs) -> list[str]:
