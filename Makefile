@@ -71,7 +71,7 @@ test: lint
 image:
 	$(VPY) -m assembler $(IMAGE_ARGS)
 
-# Ours against virt-customize in one run (~35 min under TCG); writes benchmarks/results/latest.json
+# Ours against virt-customize in one run (~20 min under TCG); writes benchmarks/results/latest.json
 # and the table in README.md. BENCH_ARGS e.g. "--repeat 3 --peer-runs 2".
 BENCH_ARGS ?=
 bench:
