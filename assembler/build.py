@@ -177,7 +177,7 @@ def check_output(output: Path) -> None:
 
 
 def run_steps(
-    g: Any, cfg: BuildConfig, manifest: Manifest, plan: tuple[tuple[str, Step], ...]
+    g: Any, cfg: BuildConfig, records: list[StepRecord], plan: tuple[tuple[str, Step], ...]
 ) -> None:
     for name, step in plan:
         cancel.check()
@@ -191,7 +191,7 @@ def run_steps(
             cancel.check()  # the appliance was stopped under it: an interruption, not a fault
             raise BuildError(name, str(exc).strip().splitlines()[-1]) from exc
         seconds = time.monotonic() - started
-        manifest.steps.append(StepRecord(name, seconds))
+        records.append(StepRecord(name, seconds))
         log.info("step %s done in %.1f s", name, seconds)
 
 
@@ -231,7 +231,7 @@ def build(cfg: BuildConfig) -> Manifest:
         def build_system(overlay: Path) -> dict[str, Any]:
             return _run_layer(overlay, cfg, chosen_accel, system_steps, network=True)
 
-        system, _ = held.enter_context(
+        system, hit = held.enter_context(
             cache.layer(
                 "system",
                 parent,
@@ -243,7 +243,7 @@ def build(cfg: BuildConfig) -> Manifest:
                 size=cfg.size_bytes,
             )
         )
-        manifest.layers.append(_layer_record(system, _))
+        manifest.layers.append(_layer_record(system, hit))
         mounts = system.record["mounts"]
 
         def build_config(overlay: Path) -> dict[str, Any]:
@@ -321,15 +321,15 @@ def _run_layer(
 ) -> dict[str, Any]:
     """One appliance launch on a layer's overlay, its steps run; returns the layer's record
     (with the installed packages and mountpoints when the layer has apt: `network`)."""
-    record = Manifest(inputs={}, base={})
+    records: list[StepRecord] = []
     started = time.monotonic()
     with appliance([(overlay, "qcow2")], accel=chosen_accel, network=network) as g:
-        record.steps.append(StepRecord("launch", time.monotonic() - started))
-        run_steps(g, cfg, record, plan())
+        records.append(StepRecord("launch", time.monotonic() - started))
+        run_steps(g, cfg, records, plan())
         found = (
             {"packages": packages.installed(g), "mounts": disk.mountpoints(g)} if network else {}
         )
-    return {"steps": [asdict(s) for s in record.steps], **found}
+    return {"steps": [asdict(s) for s in records], **found}
 
 
 def _on(cache: LayerCache, entry: Entry) -> Parent:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from assembler import cancel
+from assembler.download import publish, write_atomically
 from assembler.errors import UsageError
 from assembler.paths import cache_dir
 from assembler.run import run
@@ -203,9 +204,10 @@ class LayerCache:
                 record=record,
             )
             tmp.chmod(0o600)
-            _fsync(tmp)
-            os.replace(tmp, final)
-            _write_atomically(self.root / f"{key}.json", json.dumps(asdict(entry), indent=1))
+            publish(tmp, final)
+            write_atomically(
+                self.root / f"{key}.json", json.dumps(asdict(entry), indent=1).encode()
+            )
         finally:
             tmp.unlink(missing_ok=True)
         return entry
@@ -348,18 +350,3 @@ def _flock(handle: IO[str], mode: int, what: str) -> None:
                 waiting = True
             cancel.check()
             time.sleep(0.25)
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(text)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

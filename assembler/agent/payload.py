@@ -74,11 +74,8 @@ def agent_wheelhouse(cfg: BuildConfig) -> Wheelhouse:
     return build_wheelhouse(agent_spec(cfg))
 
 
-def prepare_agent(
-    cfg: BuildConfig, workdir: Path, wheelhouse: Wheelhouse | None = None
-) -> AgentPayload:
-    spec = agent_spec(cfg)
-    wheelhouse = wheelhouse or build_wheelhouse(spec)
+def prepare_agent(cfg: BuildConfig, workdir: Path, wheelhouse: Wheelhouse) -> AgentPayload:
+    """Lay out the venv for `wheelhouse` (from agent_wheelhouse) under workdir, to upload."""
     staging = workdir / "agent-root"
     staging.mkdir()
     # Byte-compiled here when the host's Python matches the guest's: the first agent start
@@ -94,7 +91,7 @@ def prepare_agent(
     if cfg.dev_mode:
         stage_wheelhouse(wheelhouse, staging)
         subtrees.append(WHEELS_PREFIX)
-    log.info("agent %s for Python %s ready to upload", wheelhouse.agent_source, spec.python)
+    log.info("agent %s for Python %s ready to upload", wheelhouse.agent_source, wheelhouse.python)
     return AgentPayload(wheelhouse, staging, tuple(subtrees), cfg.dev_mode, tuple(removed))
 
 
