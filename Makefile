@@ -33,7 +33,7 @@ IMAGE_ARGS = $(if $(GUEST_OS),--guest-os $(GUEST_OS)) $(if $(RELEASE),--release 
 	$(if $(FORMAT),--format $(FORMAT)) $(if $(BASE),--base $(BASE)) $(if $(SIZE),--size $(SIZE)) \
 	$(if $(MIRROR),--mirror $(MIRROR)) $(if $(NO_BOOT_TEST),--no-boot-test,--boot-test)
 
-.PHONY: setup apt-packages venv test unit lint image bench clean
+.PHONY: setup apt-packages venv test test-all unit lint image bench clean
 
 setup: apt-packages venv
 
@@ -65,8 +65,16 @@ lint:
 unit:
 	$(VENV)/bin/pytest tests/unit
 
+# `make test` is what CI runs: every unit test, the image tests, and one boot of each kind of
+# proof (production over the bus, dev mode through a config drive, negatives with faults
+# combined). `make test-all` adds what is marked `full`: each fault alone, another disk size,
+# the bare base's boot. Both print the slowest tests and each boot's phases.
+PYTEST_ARGS ?=
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not full" --durations=25 $(PYTEST_ARGS)
+
+test-all: lint
+	$(VENV)/bin/pytest --durations=40 $(PYTEST_ARGS)
 
 image:
 	$(VPY) -m assembler $(IMAGE_ARGS)

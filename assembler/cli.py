@@ -147,7 +147,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--report", help="write the report as JSON here")
     t.add_argument("--junit", help="write the report as JUnit XML here")
     t.add_argument("--artifacts", help="where console logs and screendumps of a failure go")
-    t.add_argument("--timeout", type=float, help="seconds to wait for the guest's facts")
+    t.add_argument(
+        "--timeout", type=float, help="at most this many seconds from QEMU's start to the facts"
+    )
+    t.add_argument(
+        "--stall", type=float, help="give up after this many seconds without progress (240)"
+    )
+    t.add_argument("--cpus", type=int, default=2, help="the guest's vCPUs (2)")
     t.add_argument(
         "--rabbit",
         action=argparse.BooleanOptionalAction,
@@ -273,7 +279,10 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
     from assembler.boottest.harness import BootTestOptions, Mode, run_boot_test
     from assembler.boottest.vm import Timeouts
 
-    timeouts = Timeouts(facts=ns.timeout) if ns.timeout else Timeouts()
+    limits = {"ceiling": ns.timeout, "stall": ns.stall}
+    timeouts = Timeouts(**{k: v for k, v in limits.items() if v})
+    if ns.cpus < 1:
+        raise UsageError(f"--cpus must be at least 1, not {ns.cpus}")
     report_path = Path(ns.report).absolute() if ns.report else None
     opts = BootTestOptions(
         image=Path(ns.image).expanduser().absolute(),
@@ -282,6 +291,7 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
         guest_username=ns.guest_username,
         artifacts=Path(ns.artifacts).absolute() if ns.artifacts else None,
         timeouts=timeouts,
+        cpus=ns.cpus,
         rabbit=ns.rabbit,
         transport_url=ns.transport_url,
     )

@@ -348,10 +348,18 @@ def wait_for_agent(
 
 
 def taskmanager_calls(
-    url: str, guest_id: str, deadline_seconds: float, since: float, mount_point: str
+    url: str,
+    guest_id: str,
+    deadline_seconds: float,
+    since: float,
+    mount_point: str,
+    volume_gb: float | None = None,
 ) -> dict[str, Any]:
     """What the boot test asks the agent, as Trove's taskmanager would: rpc_ping until it
-    answers, then get_filesystem_stats of its volume. Each answer: ok, detail, seconds."""
+    answers, then get_filesystem_stats of its volume. Each answer: ok, detail, seconds.
+
+    With volume_gb (the size of the disk attached as the volume) the stats must be that disk's
+    filesystem: a mount point left on the root filesystem answers, but with the root's size."""
     answers: dict[str, Any] = {}
     begun = time.monotonic()
     try:
@@ -371,16 +379,19 @@ def taskmanager_calls(
         answers["volume"] = {"ok": False, "detail": str(exc), "seconds": time.monotonic() - begun}
         return answers
     total = float(stats.get("total", 0))
-    answers["volume"] = {
-        "ok": total > 0,
-        "detail": f"get_filesystem_stats: {mount_point} of {total} GB, {stats.get('used')} GB used",
-        "seconds": time.monotonic() - begun,
-    }
+    detail = f"get_filesystem_stats: {mount_point} of {total} GB, {stats.get('used')} GB used"
+    ok = total > 0
+    if volume_gb is not None:
+        # ext4 keeps a few percent for itself; a bigger filesystem is not the volume.
+        ok = ok and total <= volume_gb * 1.02
+        if not ok:
+            detail += f": not the {volume_gb:g} GB volume (its filesystem was never mounted there)"
+    answers["volume"] = {"ok": ok, "detail": detail, "seconds": time.monotonic() - begun}
     return answers
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m assembler.boottest.agent_rpc URL GUEST_ID DEADLINE SINCE MOUNT_POINT`: the
+    """`python -m assembler.boottest.agent_rpc URL GUEST_ID DEADLINE SINCE MOUNT_POINT [GB]`: the
     taskmanager calls, answered as one JSON line. The boot test runs them in a process of their
     own: the oslo.messaging stack starts green threads whose teardown can hang the thread that
     ran them, and the harness must never hang."""
@@ -388,9 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    url, guest_id, deadline, since, mount_point = args
+    url, guest_id, deadline, since, mount_point, *size = args
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    answers = taskmanager_calls(url, guest_id, float(deadline), float(since), mount_point)
+    volume_gb = float(size[0]) if size else None
+    answers = taskmanager_calls(
+        url, guest_id, float(deadline), float(since), mount_point, volume_gb
+    )
     print(json.dumps(answers), flush=True)
     return 0
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from assembler.boottest.instance import InjectedFile
 
+AGENT_LOG = "/var/log/trove/trove-guestagent.log"
 # Grown root: filesystem within this much of its disk (partition table, ext4 metadata).
 GROW_SLACK = 0.05
 
@@ -176,10 +177,12 @@ def _agent(f: dict[str, Any], e: Expectations) -> Verdict:
 def _agent_log(f: dict[str, Any], e: Expectations) -> Verdict:
     log = f.get("agent", {}).get("log", {})
     if not log.get("exists") or not log.get("size"):
-        return False, "no /var/log/trove/trove-guestagent.log (where logrotate expects it)"
+        elsewhere = [p for p in f.get("agent", {}).get("open_logs", []) if p != AGENT_LOG]
+        where = f"; it logs to {', '.join(elsewhere)}" if elsewhere else ""
+        return False, f"no {AGENT_LOG} (where logrotate expects it){where}"
     if log.get("owner") != e.guest_username:
         return False, f"the agent's log is owned by {log.get('owner')}, not {e.guest_username}"
-    return True, f"/var/log/trove/trove-guestagent.log, {log.get('size')} bytes"
+    return True, f"{AGENT_LOG}, {log.get('size')} bytes"
 
 
 def _image_loader(f: dict[str, Any], e: Expectations) -> Verdict:

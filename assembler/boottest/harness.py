@@ -54,6 +54,7 @@ class BootTestOptions:
     guest_username: str | None = None  # default: the manifest's, else ubuntu
     artifacts: Path | None = None  # where failure evidence goes; default beside the report
     timeouts: Timeouts = field(default_factory=Timeouts)
+    cpus: int = 2
     datastore_manager: str = "mysql"
     datastore_version: str = "8.0"
     # Named in the injected config, trove-image-loader pulls it at boot: no registry is
@@ -172,12 +173,13 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
             artifacts = work / "run"
             spec = MachineSpec(
                 disk=disk, volume=volume, config_drive=config_drive, forwards=tuple(forwards),
-                accel=chosen, uuid=inst.uuid, mac=inst.mac, workdir=artifacts,
+                accel=chosen, uuid=inst.uuid, mac=inst.mac, workdir=artifacts, cpus=opts.cpus,
             )  # fmt: skip
             bus_calls = None
             if has_agent and broker is not None:
                 bus_calls = partial(_call_agent, broker.host_url, inst_uuid, opts)
-            result = boot(spec, opts.timeouts, bus_calls)
+            requests = (lambda: len(metadata.requests)) if metadata else None
+            result = boot(spec, opts.timeouts, bus_calls, requests)
         booted = result.kernel_seen or result.facts is not None
         boot_detail = (
             "the guest booted" + (" to its login prompt" if result.login_seen else "")
@@ -187,7 +189,7 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
         # What most often explains missing facts: the datasource, or systemd dropping a job.
         evidence = ("ordering cycle", "deleted to break", "ds-identify", "Cloud-init v.")
         cloud_init_lines = console_tail(spec, 4, evidence)
-        no_facts = f"{result.error}; console: {cloud_init_lines or console_tail(spec)}"
+        no_facts = f"no facts: {result.error}; console: {cloud_init_lines or console_tail(spec)}"
         checks = judge(
             result.facts, expect, booted=booted, boot_detail=boot_detail, no_facts_detail=no_facts
         )
@@ -197,6 +199,8 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
             checks=checks,
             boot_seconds=result.boot_seconds,
             metadata_requests=list(metadata.requests) if metadata else [],
+            phases=result.phases,
+            stopped_because=result.error,
         )
         if not report.passed or result.error:
             report.artifacts = _keep_artifacts(artifacts, opts, report_path)
@@ -222,7 +226,8 @@ def _call_agent(
         return {}  # the agent check fails on its own; waiting for its answer is pointless
     mount_point = f"/var/lib/{opts.datastore_manager}"
     argv = [sys.executable, "-m", "assembler.boottest.agent_rpc", url, guest_id,
-            str(opts.timeouts.agent), repr(started), mount_point]  # fmt: skip
+            str(opts.timeouts.agent), repr(started), mount_point,
+            str(VOLUME_BYTES / 1024**3)]  # fmt: skip
     try:
         out = run(argv, timeout=opts.timeouts.agent + 60)
         answers = json.loads(out.strip().splitlines()[-1])

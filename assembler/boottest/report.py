@@ -20,6 +20,9 @@ class Report:
     boot_seconds: float | None
     artifacts: dict[str, str] = field(default_factory=dict)
     metadata_requests: list[tuple[str, int]] = field(default_factory=list)
+    # Seconds from QEMU's start to each phase the guest reached (vm.BootResult.phases).
+    phases: dict[str, float] = field(default_factory=dict)
+    stopped_because: str | None = None  # why the harness stopped waiting, when not for facts
 
     @property
     def passed(self) -> bool:
@@ -42,6 +45,8 @@ class Report:
                 }
                 for c in self.checks
             ],
+            "phases": self.phases,
+            "stopped_because": self.stopped_because,
             "artifacts": self.artifacts,
             "metadata_requests": [{"path": p, "status": s} for p, s in self.metadata_requests],
         }
@@ -54,7 +59,22 @@ class Report:
         boot = "n/a" if self.boot_seconds is None else f"{self.boot_seconds:.0f} s"
         verdict = "PASSED" if self.passed else "FAILED"
         lines.append(f"{verdict}: facts after {boot}")
+        if self.phases:
+            lines.append("  time: " + self.timeline())
+        if self.stopped_because:
+            lines.append(f"  stopped waiting: {self.stopped_because}")
         return "\n".join(lines)
+
+    def timeline(self) -> str:
+        """Where the time went: each phase, in the order reached, with seconds since QEMU's
+        start and the longest gatherer sections."""
+        order = sorted(self.phases.items(), key=lambda item: item[1])
+        text = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in order)
+        slow = sorted(self.checks, key=lambda c: c.seconds, reverse=True)[:3]
+        slow = [c for c in slow if c.seconds >= 1.0]
+        if slow:
+            text += " (longest: " + ", ".join(f"{c.name} {c.seconds:.0f} s" for c in slow) + ")"
+        return text
 
     def write_json(self, path: Path) -> None:
         write_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,127 +1,198 @@
-"""Boot tests: the images built by tests/image, and negative images derived from one of them.
+"""Boots for the whole session: negative images planted in one appliance launch, and a pool
+that runs every boot the selected tests need, as soon as the first of them asks.
 
-Each negative image lacks exactly one thing. It is a qcow2 overlay over the built raw image,
-edited with libguestfs (no extra build); all of them are edited in one appliance launch.
+Boots run as `assembler boot-test` processes, as an operator runs them, each writing its JSON
+report. ASSEMBLER_BOOT_PARALLEL (default 2) boots at once, with one vCPU each when more than
+one: on two host cores that finished the same boots sooner than one after the other with two
+vCPUs (see the README).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.boot.faults import COMBINED, FAULTS
 from tests.builds import Built
 
-# Negative image name -> the guestfs edit that takes one thing away.
-Edit = Callable[[Any], None]
+FORMAT_OF = {"raw_production": "raw", "vmdk_dev": "vmdk"}
 
 
-def _disable_docker(g: Any) -> None:
-    # Masked, not just disabled: trove-image-loader Requires docker and would start it anyway.
-    for unit in ("docker.service", "docker.socket"):
-        g.rm_f(f"/etc/systemd/system/multi-user.target.wants/{unit}")
-        g.rm_f(f"/etc/systemd/system/sockets.target.wants/{unit}")
-        g.ln_sf("/dev/null", f"/etc/systemd/system/{unit}")
+@dataclass(frozen=True)
+class Boot:
+    """One boot the tests judge: an image (a built one, or a negative overlay) and options."""
+
+    source: str  # fixture of the built image
+    faults: tuple[str, ...] = ()
+    config_drive: bool = False
+    run: dict[str, Any] = field(default_factory=dict)
 
 
-def _no_openstack_datasource(g: Any) -> None:
-    g.write(
-        "/etc/cloud/cloud.cfg.d/91-trove-datasources.cfg",
-        b"datasource_list: [ ConfigDrive ]\n",
-    )
+def negative_boot(name: str) -> Boot:
+    faults = COMBINED.get(name, (name,))
+    sources = {FAULTS[f].source for f in faults}
+    assert len(sources) == 1, f"{name}: faults planted in different images"
+    run: dict[str, Any] = {}
+    for f in faults:
+        run.update(FAULTS[f].run)
+    return Boot(sources.pop(), faults, run=run)
 
 
-def _no_sudoers(g: Any) -> None:
-    g.rm("/etc/sudoers.d/60_trove_guest")
-
-
-def _planted_key(g: Any) -> None:
-    key = subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "ed25519"], capture_output=True, check=True
-    ).stdout
-    g.mkdir_p("/root/.ssh")
-    g.write("/root/.ssh/id_ed25519", key)
-    g.chmod(0o600, "/root/.ssh/id_ed25519")
-
-
-def _not_growable(g: Any) -> None:
-    g.write(
-        "/etc/cloud/cloud.cfg.d/99-no-grow.cfg",
-        b"growpart:\n  mode: 'off'\nresize_rootfs: false\n",
-    )
-
-
-def _agent_disabled(g: Any) -> None:
-    g.rm("/etc/systemd/system/multi-user.target.wants/guest-agent.service")
-
-
-def _no_dev_key(g: Any) -> None:
-    g.rm("/home/ubuntu/.ssh/id_ed25519")
-
-
-def _build_leftover(g: Any) -> None:
-    g.write("/usr/sbin/policy-rc.d", b"#!/bin/sh\nexit 101\n")
-    g.chmod(0o755, "/usr/sbin/policy-rc.d")
-
-
-# name -> (image it is derived from, edit, the check that must fail, a word of its detail)
-NEGATIVES: dict[str, tuple[str, Edit, str, str]] = {
-    "docker-disabled": ("raw_production", _disable_docker, "docker", "inactive"),
-    "no-openstack-datasource": (
-        "raw_production",
-        _no_openstack_datasource,
-        "datasource",
-        "no facts",
-    ),
-    "no-sudoers": ("raw_production", _no_sudoers, "default-user", "passwordless sudo fails"),
-    "planted-key": ("raw_production", _planted_key, "private-keys", "/root/.ssh/id_ed25519"),
-    "not-growable": ("raw_production", _not_growable, "root-grown", "GiB"),
-    "build-leftover": ("raw_production", _build_leftover, "build-secrets", "/usr/sbin/policy-rc.d"),
-    "agent-disabled": ("raw_production", _agent_disabled, "agent", "disabled"),
-    "no-dev-key": ("vmdk_dev", _no_dev_key, "agent", "guest-agent.service"),
+POSITIVE = {
+    "production": Boot("raw_production"),
+    "dev-config-drive": Boot("vmdk_dev", config_drive=True),
 }
 
 
-@pytest.fixture(scope="session")
-def negative_images(
-    raw_production: Built, vmdk_dev: Built, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    import guestfs
+def boot_of(name: str) -> Boot:
+    return POSITIVE[name] if name in POSITIVE else negative_boot(name)
 
-    sources = {"raw_production": (raw_production, "raw"), "vmdk_dev": (vmdk_dev, "vmdk")}
-    work = tmp_path_factory.mktemp("negatives")
-    images = {}
-    for name, (source, _, _, _) in NEGATIVES.items():
-        built, fmt = sources[source]
-        overlay = work / f"{name}.qcow2"
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", built.image, overlay],
-            check=True,
-        )
-        # The harness reads what an image declares (agent, keys, user) from its manifest.
-        manifest = built.image.with_name(built.image.name + ".manifest.json")
-        shutil.copy(manifest, overlay.with_name(overlay.name + ".manifest.json"))
-        images[name] = overlay
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.set_backend("direct")
-    g.set_backend_settings(["force_tcg"])
-    for overlay in images.values():
-        g.add_drive_opts(str(overlay), format="qcow2")
-    g.launch()
-    try:
-        roots = g.inspect_os()
-        # One root per drive, and drives are named in the order they were added.
-        for index, (_, edit, _, _) in enumerate(NEGATIVES.values()):
-            device = f"/dev/sd{chr(ord('a') + index)}"
-            root = next(r for r in roots if r.startswith(device))
-            g.mount(root, "/")
-            edit(g)
-            g.umount_all()
-        g.shutdown()
-    finally:
-        g.close()
-    return images
+
+@dataclass
+class Result:
+    report: dict[str, Any]
+    returncode: int
+    output: str
+    artifacts: Path
+    seconds: float
+
+
+class BootPool:
+    def __init__(self, request: pytest.FixtureRequest, work: Path) -> None:
+        self.request = request
+        self.work = work
+        self.parallel = max(1, int(os.environ.get("ASSEMBLER_BOOT_PARALLEL", "2")))
+        self.cpus = 2 if self.parallel == 1 else 1
+        self.executor = ThreadPoolExecutor(self.parallel, thread_name_prefix="boot")
+        self.futures: dict[str, Future[Result]] = {}
+        self.images: dict[str, Path] = {}
+
+    def wanted(self) -> list[str]:
+        """Every boot the session's selected tests ask for, in the order they run."""
+        names: list[str] = []
+        for item in self.request.session.items:
+            callspec = getattr(item, "callspec", None)
+            name = callspec.params.get("boot") if callspec else None
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+        return names
+
+    def start(self) -> None:
+        self._prepare(self.wanted())
+
+    def result(self, name: str) -> Result:
+        if name not in self.futures:  # asked for outside the selection seen at start
+            self._prepare([name])
+        return self.futures[name].result()
+
+    def _prepare(self, names: list[str]) -> None:
+        """Images for names, then their boots queued; fixtures are only resolved here, in the
+        test's own thread, never in the pool's."""
+        self._plant([n for n in names if boot_of(n).faults])
+        for name in names:
+            self.images.setdefault(name, self._built(boot_of(name).source).image)
+            if name not in self.futures:
+                self.futures[name] = self.executor.submit(self._boot, name)
+
+    def _built(self, source: str) -> Built:
+        built: Built = self.request.getfixturevalue(source)
+        return built
+
+    def _plant(self, names: list[str]) -> None:
+        """Negative overlays for names, all edited in one appliance launch."""
+        names = [n for n in names if n not in self.images]
+        if not names:
+            return
+        import guestfs
+
+        overlays = {}
+        for name in names:
+            boot = boot_of(name)
+            built = self._built(boot.source)
+            overlay = self.work / f"{name}.qcow2"
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", FORMAT_OF[boot.source],
+                 "-b", built.image, overlay],
+                check=True,
+            )  # fmt: skip
+            # The harness reads what an image declares (agent, keys, user) from its manifest.
+            manifest = built.image.with_name(built.image.name + ".manifest.json")
+            shutil.copy(manifest, overlay.with_name(overlay.name + ".manifest.json"))
+            overlays[name] = overlay
+        g = guestfs.GuestFS(python_return_dict=True)
+        g.set_backend("direct")
+        g.set_backend_settings(["force_tcg"])
+        for overlay in overlays.values():
+            g.add_drive_opts(str(overlay), format="qcow2")
+        g.launch()
+        try:
+            roots = g.inspect_os()
+            # One root per drive, and drives are named in the order they were added.
+            for index, name in enumerate(overlays):
+                device = f"/dev/sd{_drive_letters(index)}"
+                root = next(r for r in roots if r.startswith(device) and r[len(device)].isdigit())
+                g.mount(root, "/")
+                for fault in boot_of(name).faults:
+                    FAULTS[fault].edit(g)
+                g.umount_all()
+            g.shutdown()
+        finally:
+            g.close()
+        self.images.update(overlays)
+
+    def _boot(self, name: str) -> Result:
+        import time
+
+        boot = boot_of(name)
+        image = self.images[name]
+        out = self.work / name
+        out.mkdir(exist_ok=True)
+        report = out / "report.json"
+        argv = [sys.executable, "-m", "assembler", "boot-test", str(image), "--accel", "tcg",
+                "--cpus", str(self.cpus), "--report", str(report),
+                "--junit", str(out / "junit.xml"), "--artifacts", str(out / "artifacts")]  # fmt: skip
+        if boot.config_drive:
+            argv.append("--config-drive")
+        if "transport_url" in boot.run:
+            argv += ["--transport-url", boot.run["transport_url"], "--rabbit"]
+        started = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=2400, check=False)
+        seconds = time.monotonic() - started
+        output = proc.stdout + proc.stderr[-3000:]
+        doc = json.loads(report.read_text()) if report.exists() else {}
+        # Where the time of the suite goes, in the pytest log of every run.
+        sys.stderr.write(f"\nboot {name}: {seconds:.0f} s, {doc.get('phases')}\n")
+        return Result(doc, proc.returncode, output, out / "artifacts", seconds)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _drive_letters(index: int) -> str:
+    """sda..sdz, sdaa..: the names libguestfs gives drives in the order they were added."""
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return letters
+
+
+@pytest.fixture(scope="session")
+def boots(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BootPool]:
+    pool = BootPool(request, tmp_path_factory.mktemp("boots"))
+    pool.start()
+    yield pool
+    pool.close()

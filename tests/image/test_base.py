@@ -275,6 +275,7 @@ power_state:
 
 
 @pytest.mark.boot
+@pytest.mark.full  # every image test boots the base's descendants; this boots the base itself
 def test_base_boots_to_cloud_init_final(debian_base: Path, tmp_path: Path) -> None:
     """NoCloud seed, QEMU user networking with restrict=on; the guest powers itself off."""
     (tmp_path / "meta-data").write_text("instance-id: base-boot-test\nlocal-hostname: basetest\n")

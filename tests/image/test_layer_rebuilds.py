@@ -46,10 +46,20 @@ def test_a_dev_build_reuses_the_production_build_s_system_layer(
     assert not second["config"]["cached"] and not second["agent"]["cached"]
 
 
-def test_another_disk_size_builds_its_own_system_layer(
+def test_the_custom_build_shares_the_system_layer(
     raw_production: Built, qcow2_custom: Built
 ) -> None:
-    assert layers(qcow2_custom)["system"]["key"] != layers(raw_production)["system"]["key"]
+    # Another user, datasources and etc-hosts are config: the packages are built once.
+    assert layers(qcow2_custom)["system"]["key"] == layers(raw_production)["system"]["key"]
+    assert layers(qcow2_custom)["config"]["key"] != layers(raw_production)["config"]["key"]
+
+
+@pytest.mark.full
+def test_another_disk_size_builds_its_own_system_layer(qcow2_custom: Built, tmp_path: Path) -> None:
+    small = rebuild(qcow2_custom, tmp_path / "small.qcow2", "--size", "4G")
+    assert layers(small)["system"]["key"] != layers(qcow2_custom)["system"]["key"]
+    assert not layers(small)["system"]["cached"]
+    assert small.manifest["output"]["virtual_size"] == 4 * 1024**3
 
 
 def test_an_unchanged_rebuild_launches_no_appliance(raw_production: Built, tmp_path: Path) -> None:

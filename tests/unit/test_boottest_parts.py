@@ -316,6 +316,14 @@ def test_agent_checks_fail_on_their_cause(
     assert all(s is Status.PASSED for n, (s, _) in v.items() if n != check and n not in blocked)
 
 
+def test_agent_log_elsewhere_is_named() -> None:
+    facts = broken("agent.log", {"exists": False})
+    facts["agent"]["open_logs"] = ["/tmp/trove-guestagent.log"]
+    v = verdicts(facts, has_agent=True)
+    assert v["agent-log"][0] is Status.FAILED
+    assert "it logs to /tmp/trove-guestagent.log" in v["agent-log"][1]
+
+
 def test_agent_waits_on_docker_and_sudo() -> None:
     v = verdicts(broken("docker_active", "inactive"), has_agent=True)
     assert v["agent"] == (Status.NOT_RUN, "not checked: docker failed")

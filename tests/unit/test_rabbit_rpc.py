@@ -298,3 +298,21 @@ def test_broker_stops_cleanly() -> None:
     assert not _descendants(pids) - set(pids)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
     assert not [(a, p) for a, p, _ in _listeners() if p in ports]
+
+
+@pytest.mark.broker
+def test_volume_stats_must_be_the_attached_volume_s(broker: Broker, tmp_path: Path) -> None:
+    """An agent whose mount point never got the volume answers for the root filesystem: the
+    answer comes, but its size gives it away (here the host's filesystem stands in for it)."""
+    guest = GUEST_ID + "-volume"
+    with AgentServer(broker.host_url, guest, FakeAgent(tmp_path)):
+        real = os.statvfs(tmp_path)
+        size_gb = real.f_blocks * real.f_bsize / 1024**3
+        small = agent_rpc.taskmanager_calls(broker.host_url, guest, 10, time.monotonic(), "/m", 1.0)
+        right = agent_rpc.taskmanager_calls(
+            broker.host_url, guest, 10, time.monotonic(), "/m", size_gb
+        )
+    assert small["rpc"]["ok"] and right["rpc"]["ok"]
+    assert not small["volume"]["ok"], small
+    assert "not the 1 GB volume" in small["volume"]["detail"]
+    assert right["volume"]["ok"], right
