@@ -226,9 +226,12 @@ def unit_state(unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def agent_facts() -> dict[str, Any]:
-    """Wait (bounded) for the agent to start and write its log, then describe its surroundings."""
-    deadline = time.monotonic() + AGENT_SETTLE_SECONDS
+def agent_facts(ready: bool = True) -> dict[str, Any]:
+    """Wait (bounded) for the agent to start and write its log, then describe its surroundings.
+
+    Not ready (docker down, no sudo, Trove's config missing: the agent's own checks then wait
+    on those): describe it as it is, without waiting for what cannot come."""
+    deadline = time.monotonic() + (AGENT_SETTLE_SECONDS if ready else 0.0)
     logs: list[str] = []
     while time.monotonic() < deadline:
         heartbeat("agent")
@@ -301,9 +304,14 @@ def main() -> None:
         docker_enabled=lambda: cmd("systemctl", "is-enabled", "docker.service")["out"].strip(),
         docker_info=lambda: cmd("docker", "info", "--format", "{{.ServerVersion}}"),
     )
-    if expect.get("agent"):
-        timed("agent", agent=agent_facts)
     timed("injected-files", injected=lambda: {p: stat_file(p) for p in expect.get("injected", [])})
+    if expect.get("agent"):
+        ready = (
+            facts["docker_active"] == "active"
+            and facts["user"].get("sudo", {}).get("rc") == 0
+            and all(f.get("exists") for f in facts["injected"].values())
+        )
+        timed("agent", agent=lambda: agent_facts(ready))
     timed("root-grown", root=root_size)
     timed("private-keys", private_keys=private_keys)
     timed("build-secrets", leftovers=lambda: [p for p in BUILD_LEFTOVERS if os.path.lexists(p)])
