@@ -138,7 +138,6 @@ class BootResult:
     # Seconds from QEMU's start to each phase seen: qmp, kernel, login, cloud-init, gatherer,
     # facts, bus (the taskmanager calls done), stopped.
     phases: dict[str, float] = field(default_factory=dict)
-    certain: bool = False  # the failure was seen on the console, not presumed from silence
 
 
 def _read(path: Path) -> str:
@@ -210,10 +209,10 @@ async def _drive(
                 _drain(everything, events)
                 if proc.poll() is not None:
                     cancel.check()
-                    result.error, result.certain = f"QEMU exited with {proc.returncode}", True
+                    result.error = f"QEMU exited with {proc.returncode}"
                     break
                 if any(e.get("event") == "SHUTDOWN" for e in events):
-                    result.error, result.certain = "the guest shut itself down", True
+                    result.error = "the guest shut itself down"
                     break
                 activity = len(events) + (progress() if progress else 0)
                 now = time.monotonic() - started
@@ -229,7 +228,7 @@ async def _drive(
                     result.facts["bus"] = await _in_thread(while_running, started, watch.facts)
                     result.phases["bus"] = round(time.monotonic() - started, 1)
             elif watch.verdict is not None:
-                result.error, result.certain = watch.verdict, watch.certain
+                result.error = watch.verdict
             if proc.poll() is None:
                 if result.facts is None:
                     result.screendump = await _screendump(qmp, spec.workdir / "screen.png")
