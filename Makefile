@@ -9,12 +9,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # QEMU and qemu-img, debootstrap for base images, socat for the boot tests' forwards,
 # xorriso for config drives and seeds, openssl for password hashes, gnupg for signatures,
 # rabbitmq-server (the boot tests run a private broker on loopback) and openssh-server/rsync
-# (the boot tests play a dev-mode controller on loopback); guestfs-tools is virt-customize, the
+# (the boot tests play a dev-mode controller on loopback), docker-registry (the boot tests serve
+# datastore images from a private registry on loopback), postgresql (a server the datastore
+# client's tests start on loopback); guestfs-tools is virt-customize, the
 # peer `make bench` measures us against.
 APT_PACKAGES := libguestfs-tools guestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
 	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
 	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl \
-	zstd
+	zstd docker-registry postgresql
 
 # `make image` options, passed on only when set (trovestack's defaults otherwise).
 GUEST_OS ?=
@@ -45,9 +47,13 @@ apt-packages:
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "host packages: all present"; fi
-	@# The boot tests start a private broker on loopback; the package's system one is not needed.
-	@if [ -d /run/systemd/system ] && systemctl is-enabled --quiet rabbitmq-server 2>/dev/null; \
-	then $(SUDO) systemctl disable --now rabbitmq-server; fi
+	@# The boot tests start a private broker and registry on loopback; the packages' system
+	@# services are not needed, and docker-registry's listens on every interface.
+	@for unit in rabbitmq-server docker-registry postgresql; do \
+		if [ -d /run/systemd/system ] && systemctl is-enabled --quiet $$unit 2>/dev/null; \
+		then $(SUDO) systemctl disable --now $$unit; fi; done
+	@# Without systemd an init script may still have started the package's own.
+	@$(SUDO) pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/' || true
 
 venv: $(VENV)/.installed
 

@@ -17,11 +17,14 @@ refusing the login, no agent consuming the topic yet, no answer in time, or the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
+import threading
 import time
+import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any
@@ -39,6 +42,7 @@ PING_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 RETRY_INTERVAL = 2.0  # between pings while the agent is still starting
 STATS_KEYS = ("total", "free", "used")
+LOOPBACK = "127.0.0.1"
 
 
 class AgentRpcError(AssemblerError):
@@ -390,21 +394,411 @@ def taskmanager_calls(
     return answers
 
 
+# Playing the taskmanager's prepare and the conductor ------------------------------------
+
+PREPARE_VERSION = "1.1"  # trove.guestagent.api.API.prepare: 1.1 carries ds_version
+CONDUCTOR_TOPIC = "trove-conductor"  # CONF.conductor_queue
+CONDUCTOR_VERSION = "1.0"  # trove.conductor.api.API.API_LATEST_VERSION
+CONDUCTOR_SERVER = "assembler-boottest"  # the real conductor uses CONF.host
+# trove.taskmanager.models._service_is_active: what makes the instance ACTIVE, and what it
+# keeps waiting through; any other status is a failure ('failed to spawn', 'guestagent error',
+# 'crashed', 'blocked', ...).
+ACTIVE_STATUSES = ("healthy", "running", "instance ready")
+WAITING_STATUSES = ("new", "building", "unknown", "deleted")
+NOTIFICATION_CLASS = "trove.common.notification.DBaaSInstanceCreate"
+
+
+def taskmanager_context(guest_id: str, ds_version: str, manager: str) -> Any:
+    """A request context as trove's taskmanager holds it while it casts `prepare`.
+
+    The API attached a DBaaSInstanceCreate notification (trove/instance/service.py create:
+    request_id, tenant_id, client_ip and server_ip of the request, then notify_start's traits);
+    the guest API's NotificationCastWrapper sets server_type "guest" for the cast. The agent
+    updates that notification's payload at once and sends it back in notify_end.
+    """
+    _libraries()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from trove.common.context import TroveContext
+        from trove.common.notification import DBaaSInstanceCreate
+    request_id = f"req-{uuid.uuid4()}"
+    tenant = "assembler-boottest"
+    context = TroveContext(request_id=request_id, project_id=tenant, user_id=tenant)
+    context.notification = DBaaSInstanceCreate(
+        context,
+        request_id=request_id,
+        server_type="guest",
+        tenant_id=tenant,
+        client_ip=LOOPBACK,
+        server_ip=LOOPBACK,
+        name=f"boottest-{guest_id[:8]}",
+        flavor_id="boottest",
+        datastore=manager,
+        datastore_version=ds_version,
+        image_id="boottest",
+        availability_zone="nova",
+        region_name="RegionOne",
+    )
+    return context
+
+
+def cast_prepare(
+    url: str, guest_id: str, kwargs: dict[str, Any], context: Any = None, manager: str = ""
+) -> str:
+    """Cast `prepare` to guest_id's agent as trove's guest API does; return its request_id.
+
+    Like trove (guestagent/api.py _create_guest_queue) this first starts and stops an RPC
+    server without endpoints on the agent's topic, so the agent's queue exists and the cast is
+    kept for an agent that is not consuming yet. (The boot test casts only after rpc_ping
+    answered, when the queue exists anyway; the step makes cast_prepare right on its own.)
+    """
+    messaging, cfg, _context_cls, secure, request_context = _libraries()
+    if "ds_version" not in kwargs:
+        raise UsageError("prepare arguments without ds_version: version 1.1 carries it")
+    if context is None:
+        context = taskmanager_context(guest_id, str(kwargs["ds_version"]), manager or "unknown")
+    address = BusAddress.parse(url)
+    check_broker(address)
+    serializer = secure(request_context(None), None)
+    transport = messaging.get_rpc_transport(messaging_conf(cfg, messaging), url=url)
+    try:
+        queue_maker = messaging.get_rpc_server(
+            transport,
+            messaging.Target(topic=topic_of(guest_id), server=guest_id, version=API_VERSION),
+            [],
+            serializer=serializer,
+        )
+        queue_maker.start()
+        queue_maker.stop()
+        queue_maker.wait()
+        client = messaging.get_rpc_client(
+            transport,
+            messaging.Target(topic=topic_of(guest_id), version=API_VERSION),
+            serializer=serializer,
+        )
+        try:
+            client.prepare(version=PREPARE_VERSION, retry=0).cast(context, "prepare", **kwargs)
+        except messaging.MessagingException as exc:
+            raise AgentRpcError(f"casting prepare to {topic_of(guest_id)} failed: {exc}") from exc
+    finally:
+        transport.cleanup()
+    log.info("cast prepare (%s) to %s", context.request_id, topic_of(guest_id))
+    return str(context.request_id)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One cast the conductor received: a heartbeat's status or a notification."""
+
+    method: str
+    instance_id: str | None
+    received: float  # time.monotonic()
+    status: str | None = None  # heartbeat: payload["service_status"]
+    sent: float | None = None  # heartbeat: the agent's timestamp
+    request_id: str | None = None  # notifications: the request they belong to
+    message: str | None = None  # notify_exc_info: what failed
+
+
+class _ConductorEndpoint:
+    """The methods of trove's conductor Manager, with the arguments the agent casts."""
+
+    def __init__(self, record: Callable[[Heard], None], target: Any) -> None:
+        self.target = target
+        self._record = record
+
+    def heartbeat(
+        self, ctxt: Any, instance_id: str, payload: dict[str, Any], sent: float | None = None
+    ) -> None:
+        status = payload.get("service_status") if isinstance(payload, dict) else None
+        now = time.monotonic()
+        self._record(Heard("heartbeat", instance_id, now, status=status, sent=sent))
+
+    def update_backup(
+        self,
+        ctxt: Any,
+        instance_id: str,
+        backup_id: str,
+        sent: float | None = None,
+        **backup_fields: Any,
+    ) -> None:
+        state = backup_fields.get("state")
+        self._record(Heard("update_backup", instance_id, time.monotonic(), status=state))
+
+    def report_root(self, ctxt: Any, instance_id: str, user: str | None = None) -> None:
+        self._record(Heard("report_root", instance_id, time.monotonic()))
+
+    def notify_end(
+        self, ctxt: Any, serialized_notification: dict[str, Any], notification_args: Any
+    ) -> None:
+        self._record(self._notification("notify_end", ctxt, serialized_notification))
+
+    def notify_exc_info(
+        self,
+        ctxt: Any,
+        serialized_notification: dict[str, Any],
+        message: str,
+        exception: Any,
+    ) -> None:
+        heard = self._notification("notify_exc_info", ctxt, serialized_notification)
+        self._record(dataclasses.replace(heard, message=_first_line(str(message))))
+
+    @staticmethod
+    def _notification(method: str, ctxt: Any, serialized: dict[str, Any]) -> Heard:
+        payload = serialized if isinstance(serialized, dict) else {}
+        request_id = payload.get("request_id") or getattr(ctxt, "request_id", None)
+        return Heard(method, payload.get("instance_id"), time.monotonic(), request_id=request_id)
+
+
+class Conductor:
+    """Trove's conductor as far as the boot test needs it: an RPC server on topic
+    `trove-conductor` that records what the agent casts (`with Conductor(url) as c:`).
+
+    Casts to a topic nobody consumes are dropped, so enter it before anything is cast. The
+    serializers are trove's SecureSerializer stack with no key, as everywhere in this module:
+    the real conductor's ConductorHostSerializer looks up instance keys in trove's database,
+    and with none injected both pass the agent's plain JSON through unchanged.
+    """
+
+    def __init__(self, url: str, server: str = CONDUCTOR_SERVER) -> None:
+        self.url = url
+        self.address = BusAddress.parse(url)
+        self.server = server
+        self._heard: list[Heard] = []
+        self._changed = threading.Condition()
+        self._transport: Any = None
+        self._rpc: Any = None
+
+    def _record(self, heard: Heard) -> None:
+        log.debug("conductor heard %s", heard)
+        with self._changed:
+            self._heard.append(heard)
+            self._changed.notify_all()
+
+    def heard(self, instance_id: str | None = None) -> list[Heard]:
+        """Everything received so far, for one instance if given."""
+        with self._changed:
+            return [h for h in self._heard if instance_id is None or h.instance_id == instance_id]
+
+    def wait_for(self, done: Callable[[list[Heard]], bool], deadline: float) -> bool:
+        """Block until done(everything heard) is true (True) or time.monotonic() > deadline."""
+        with self._changed:
+            while not done(list(self._heard)):
+                cancel.check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 1.0))  # wake for cancellation too
+            return True
+
+    def __enter__(self) -> Conductor:
+        messaging, cfg, _context_cls, secure, request_context = _libraries()
+        from oslo_messaging.rpc import dispatcher
+
+        check_broker(self.address)
+        logging.getLogger("amqp").addFilter(_AMQP_FILTER)
+        self._transport = messaging.get_rpc_transport(messaging_conf(cfg, messaging), url=self.url)
+        endpoint = _ConductorEndpoint(self._record, messaging.Target(version=CONDUCTOR_VERSION))
+        self._rpc = messaging.get_rpc_server(
+            self._transport,
+            messaging.Target(topic=CONDUCTOR_TOPIC, server=self.server, version=CONDUCTOR_VERSION),
+            [endpoint],
+            serializer=secure(request_context(None), None),
+            access_policy=dispatcher.DefaultRPCAccessPolicy,
+        )
+        try:
+            self._rpc.start()
+        except BaseException:
+            self._transport.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._rpc is not None:
+            self._rpc.stop()
+            self._rpc.wait()
+            self._rpc = None
+        if self._transport is not None:
+            self._transport.cleanup()
+            self._transport = None
+
+
+def _failed(status: str) -> bool:
+    return status not in ACTIVE_STATUSES and status not in WAITING_STATUSES
+
+
+def prepare_database(
+    url: str,
+    guest_id: str,
+    kwargs: dict[str, Any],
+    deadline_seconds: float,
+    since: float | None = None,
+    manager: str = "",
+) -> dict[str, Any]:
+    """Cast `prepare` and follow the agent's heartbeats as trove's taskmanager waits for the
+    instance to become ACTIVE; then wait for prepare's notify_end, as databases and users are
+    made only after the agent reports its status.
+
+    Returns {"ok", "detail", "seconds" (this step's duration), "statuses": [{"status",
+    "seconds"}], "notifications": [{"method", "seconds", ...}], "request_id"}; the seconds of
+    statuses and notifications count from `since` (e.g. QEMU's start), else from this call.
+    """
+    begun = time.monotonic()
+    origin = begun if since is None else since
+    deadline = begun + deadline_seconds
+    answer: dict[str, Any] = {"ok": False, "statuses": [], "notifications": []}
+
+    def finish(ok: bool, detail: str, heard: list[Heard]) -> dict[str, Any]:
+        statuses = [h for h in heard if h.method == "heartbeat"]
+        answer["statuses"] = [
+            {"status": h.status, "seconds": round(h.received - origin, 1)} for h in statuses
+        ]
+        answer["notifications"] = [
+            {"method": h.method, "seconds": round(h.received - origin, 1)}
+            | ({"message": h.message} if h.message else {})
+            for h in heard
+            if h.method != "heartbeat"
+        ]
+        answer.update(ok=ok, detail=detail, seconds=time.monotonic() - begun)
+        return answer
+
+    try:
+        with Conductor(url) as conductor:
+            request_id = cast_prepare(url, guest_id, kwargs, manager=manager)
+            answer["request_id"] = request_id
+
+            def ours(heard: list[Heard]) -> list[Heard]:
+                return [
+                    h
+                    for h in heard
+                    if (h.method == "heartbeat" and h.instance_id == guest_id)
+                    or (h.method != "heartbeat" and h.request_id == request_id)
+                ]
+
+            def settled(heard: list[Heard]) -> bool:
+                return any(
+                    h.method == "notify_exc_info"
+                    or (h.status is not None and h.method == "heartbeat" and _failed(h.status))
+                    or (h.method == "heartbeat" and h.status in ACTIVE_STATUSES)
+                    for h in ours(heard)
+                )
+
+            conductor.wait_for(settled, deadline)
+            heard = ours(conductor.heard())
+            verdict = _verdict(heard, origin, deadline_seconds)
+            if verdict is not None:
+                return finish(False, verdict, heard)
+            active = next(h for h in heard if h.status in ACTIVE_STATUSES)
+
+            def ended(heard: list[Heard]) -> bool:
+                return any(h.method in ("notify_end", "notify_exc_info") for h in ours(heard))
+
+            conductor.wait_for(ended, deadline)
+            heard = ours(conductor.heard())
+    except AgentRpcError as exc:
+        return finish(False, str(exc), [])
+    detail = f"{active.status} {active.received - origin:.0f} s after QEMU started"
+    failure = next((h for h in heard if h.method == "notify_exc_info"), None)
+    if failure is not None:
+        return finish(False, f"{detail}, then prepare failed: {failure.message}", heard)
+    end = next((h for h in heard if h.method == "notify_end"), None)
+    if end is None:
+        detail += f"; no notify_end within {deadline_seconds:.0f} s (users may not exist yet)"
+    else:
+        detail += f"; prepare ended at {end.received - origin:.0f} s"
+    return finish(True, detail, heard)
+
+
+def _verdict(heard: list[Heard], origin: float, deadline_seconds: float) -> str | None:
+    """Why prepare failed, from what was heard by its deadline; None if it became active."""
+    statuses = [h for h in heard if h.method == "heartbeat" and h.status is not None]
+    for h in heard:
+        if h.method == "notify_exc_info":
+            return f"prepare failed: {h.message}"
+        if h.method == "heartbeat" and h.status is not None:
+            if h.status in ACTIVE_STATUSES:
+                return None
+            if _failed(h.status):
+                return f"the agent reported {h.status!r} {h.received - origin:.0f} s after start"
+    said = ", ".join(f"{h.status} ({h.received - origin:.0f} s)" for h in statuses)
+    return f"no healthy status within {deadline_seconds:.0f} s; heard: {said or 'nothing'}"
+
+
+PREPARE_FLAG = "--prepare"
+
+
+def prepare_spec(
+    kwargs: dict[str, Any],
+    deadline_seconds: float,
+    manager: str = "",
+    query: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What main reads from its prepare file (as JSON): prepare's arguments and deadline, the
+    manager (for the context's notification only), and optionally query_round_trip's
+    arguments (host, port, user, password, database, timeout) for a query from the host once
+    prepare ended. {"prepare": kwargs, "deadline": seconds} alone is a whole spec."""
+    spec: dict[str, Any] = {"prepare": kwargs, "deadline": deadline_seconds, "manager": manager}
+    if query is not None:
+        spec["query"] = query
+    return spec
+
+
+def run_prepare_spec(url: str, guest_id: str, spec: dict[str, Any], since: float) -> dict[str, Any]:
+    """prepare_database by a prepare_spec, then its query if it has one: answers by key."""
+    from assembler.boottest.datastore import query_round_trip
+
+    manager = str(spec.get("manager") or "")
+    answers: dict[str, Any] = {}
+    answers["prepare"] = prepare = prepare_database(
+        url, guest_id, dict(spec["prepare"]), float(spec["deadline"]), since, manager
+    )
+    query = spec.get("query")
+    if prepare["ok"] and query:
+        begun = time.monotonic()
+        ok, detail = query_round_trip(
+            manager,
+            str(query["host"]),
+            int(query["port"]),
+            str(query["user"]),
+            str(query["password"]),
+            str(query["database"]),
+            float(query["timeout"]),
+        )
+        answers["query"] = {"ok": ok, "detail": detail, "seconds": time.monotonic() - begun}
+    return answers
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m assembler.boottest.agent_rpc URL GUEST_ID DEADLINE SINCE MOUNT_POINT [GB]`: the
-    taskmanager calls, answered as one JSON line. The boot test runs them in a process of their
-    own: the oslo.messaging stack starts green threads whose teardown can hang the thread that
-    ran them, and the harness must never hang."""
+    """`python -m assembler.boottest.agent_rpc URL GUEST_ID DEADLINE SINCE MOUNT_POINT [GB
+    [SPEC]]` (or `--prepare SPEC` anywhere): the taskmanager calls, answered as one JSON line;
+    with SPEC (a file holding a prepare_spec as JSON) also prepare, under key "prepare" (and
+    "query"), once rpc_ping answered. The boot test runs them in a process of their own: the
+    oslo.messaging stack starts green threads whose teardown can hang the thread that ran
+    them, and the harness must never hang."""
     import json
     import sys
+    from pathlib import Path
 
-    args = sys.argv[1:] if argv is None else argv
-    url, guest_id, deadline, since, mount_point, *size = args
+    args = list(sys.argv[1:] if argv is None else argv)
+    spec: dict[str, Any] | None = None
+    if PREPARE_FLAG in args:
+        at = args.index(PREPARE_FLAG)
+        spec = json.loads(Path(args[at + 1]).read_text())
+        del args[at : at + 2]
+    url, guest_id, deadline, since, mount_point, *rest = args
+    if len(rest) > 1 and spec is None:
+        spec = json.loads(Path(rest[1]).read_text())
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    volume_gb = float(size[0]) if size else None
+    volume_gb = float(rest[0]) if rest else None
     answers = taskmanager_calls(
         url, guest_id, float(deadline), float(since), mount_point, volume_gb
     )
+    if spec is not None and answers.get("rpc", {}).get("ok"):
+        answers.update(run_prepare_spec(url, guest_id, spec, float(since)))
     print(json.dumps(answers), flush=True)
     return 0
 
