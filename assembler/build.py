@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from assembler import accel as accel_mod
-from assembler import cancel
+from assembler import cancel, embed
 from assembler.agent.devkeys import KeyPair, authorize_on_controller, save_beside
 from assembler.agent.payload import AgentPayload, agent_wheelhouse, check_agent, prepare_agent
 from assembler.agent.wheelhouse import Wheelhouse
@@ -34,7 +34,17 @@ from assembler.packages import DOCKER, RUNTIME_PACKAGES
 from assembler.paths import cache_dir
 from assembler.resources import resource_files
 from assembler.steps import agent as agent_steps
-from assembler.steps import apt, cloudinit, disk, docker, hygiene, packages, trove, user
+from assembler.steps import (
+    apt,
+    cloudinit,
+    datastore_images,
+    disk,
+    docker,
+    hygiene,
+    packages,
+    trove,
+    user,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,18 @@ def config_steps(mounts: dict[str, str]) -> tuple[tuple[str, Step], ...]:
     )
 
 
+def datastore_steps(
+    mounts: dict[str, str], archives: list[tuple[Path, str]]
+) -> tuple[tuple[str, Step], ...]:
+    """The datastore-images layer, between config and agent (only with --datastore-image): an
+    agent rebuild never copies the images again, and changing them rebuilds only the agent."""
+    return (
+        ("mount", partial(disk.mount, mounts=mounts)),
+        ("datastore-images", partial(datastore_images.upload, archives=archives)),
+        ("trim", disk.trim),
+    )
+
+
 def agent_steps_for(
     mounts: dict[str, str], agent: AgentPayload, dev_key: KeyPair | None
 ) -> tuple[tuple[str, Step], ...]:
@@ -104,6 +126,7 @@ CONFIG_CODE = (
     "steps/disk.py", "steps/user.py", "steps/docker.py", "steps/cloudinit.py", "steps/trove.py",
     "steps/hygiene.py", "guest.py", "resources.py",
 )  # fmt: skip
+DATASTORE_CODE = ("build.py", "embed.py", "steps/disk.py", "steps/datastore_images.py", "guest.py")
 AGENT_CODE = (
     "build.py",
     "boottest/guest_facts.py",  # which private keys the venv is stripped of
@@ -138,6 +161,17 @@ def config_inputs(cfg: BuildConfig) -> dict[str, Any]:
         "root_password": cfg.root_password_id,
         "datasources": list(cfg.datasources),
         "etc_hosts": str(cfg.etc_hosts),
+    }
+
+
+def datastore_inputs(cfg: BuildConfig, fetched: list[embed.Fetched]) -> dict[str, Any]:
+    # The images' digests, not their sources: the same image from elsewhere is the same layer.
+    return {
+        "code": code_digest(DATASTORE_CODE),
+        "mode": str(cfg.embed_mode),
+        "images": [
+            [f.spec.target, f.image_id, [x.digest for x in f.image.layers]] for f in fetched
+        ],
     }
 
 
@@ -220,6 +254,8 @@ def build(cfg: BuildConfig) -> Manifest:
         },
     )
     check_agent(cfg)
+    # Fetched (and verified) before any appliance starts: a missing tag fails in seconds.
+    embedded = embed.fetch_all(cfg.datastore_images)
     wheelhouse = agent_wheelhouse(cfg)
     dev_key = _dev_key(cfg)
     cache = LayerCache(cfg.layer_cache)
@@ -253,6 +289,26 @@ def build(cfg: BuildConfig) -> Manifest:
             cache.layer("config", _on(cache, system), config_inputs(cfg), build_config)
         )
         manifest.layers.append(_layer_record(config, hit))
+        below = config
+        if embedded:
+
+            def build_datastore(overlay: Path) -> dict[str, Any]:
+                archives = embed.write_archives(embedded, Path(work))
+                try:
+                    return _run_layer(
+                        overlay, cfg, chosen_accel, lambda: datastore_steps(mounts, archives)
+                    )
+                finally:
+                    for host_path, _ in archives:
+                        host_path.unlink(missing_ok=True)
+
+            below, hit = held.enter_context(
+                cache.layer(
+                    "datastore-images", _on(cache, config), datastore_inputs(cfg, embedded),
+                    build_datastore,
+                )
+            )  # fmt: skip
+            manifest.layers.append(_layer_record(below, hit))
 
         def build_agent(overlay: Path) -> dict[str, Any]:
             # The venv is laid out on the host while the appliance boots: two cores, two jobs.
@@ -276,13 +332,16 @@ def build(cfg: BuildConfig) -> Manifest:
         agent_cache = LayerCache(Path(work) / "layers") if ephemeral else cache
         top, hit = held.enter_context(
             agent_cache.layer(
-                "agent", _on(cache, config), agent_inputs(cfg, wheelhouse, dev_key), build_agent
+                "agent", _on(cache, below), agent_inputs(cfg, wheelhouse, dev_key), build_agent
             )
         )
         manifest.layers.append(_layer_record(top, hit))
         manifest.steps = [StepRecord(**s) for layer in manifest.layers for s in layer["steps"]]
         manifest.packages = system.record["packages"]
         manifest.agent = dict(top.record["agent"])
+        manifest.datastore_images = [
+            {**f.record(), "landed": str(cfg.embed_mode)} for f in embedded
+        ]
         if dev_key is not None:
             manifest.private_keys = [f"/home/{cfg.guest_username}/.ssh/id_ed25519"]
             manifest.agent["dev_public_key"] = dev_key.public

@@ -23,6 +23,7 @@ from assembler.config import (
     BuildOptions,
     Compression,
     DockerSource,
+    EmbedMode,
     make_config,
     parse_bool,
     parse_mirror,
@@ -107,6 +108,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=list(Compression),
         help="qcow2 compression (default zlib, as trovestack; zstd needs QEMU >= 5.1)",
     )
+    b.add_argument(
+        "--datastore-image",
+        action="append",
+        default=[],
+        metavar="[SOURCE=]REF",
+        help="embed a datastore image (repeatable; or DIB_TROVE_DOCKER_IMAGES): docker knows it "
+        "as REF in the guest; SOURCE is a reference, docker-archive:PATH or oci:PATH",
+    )
+    b.add_argument(
+        "--embed-mode",
+        choices=[str(m) for m in EmbedMode],
+        help="embedded images: into docker's store at build time (docker-store, the default) "
+        "or loaded at the first boot (first-boot)",
+    )
     b.add_argument("--layer-cache", help="layer cache directory (default: in ~/.cache)")
     b.add_argument(
         "--max-age",
@@ -161,6 +176,47 @@ def _parser() -> argparse.ArgumentParser:
         help="start a private RabbitMQ on loopback for the agent (default: if the image has one)",
     )
     t.add_argument("--transport-url", help="the agent's bus as the guest reaches it (no broker)")
+    d = t.add_argument_group("a database created through Trove's prepare")
+    d.add_argument(
+        "--datastore", metavar="MANAGER:VERSION", help="e.g. postgresql:15, mariadb:10.11"
+    )
+    d.add_argument(
+        "--registry",
+        metavar="HOST:PORT",
+        help="an operator's registry the guest pulls from (default: a private one on loopback)",
+    )
+    d.add_argument(
+        "--no-registry",
+        action="store_true",
+        help="no registry at all: the image must embed the datastore image",
+    )
+    d.add_argument(
+        "--datastore-source",
+        metavar="PATH|test-double:NAME",
+        help="what to push to the registry: a docker save archive or OCI layout "
+        "(default: the manager's test double, built from Debian's packages)",
+    )
+    d.add_argument("--docker-image", help="the agent's [<manager>] docker_image (a repository)")
+    d.add_argument(
+        "--insecure-registry",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="name the registry in the guest's /etc/docker/daemon.json, as Trove's "
+        "docker_insecure_registries does (default: yes)",
+    )
+    d.add_argument(
+        "--prepare-wait",
+        type=float,
+        default=900.0,
+        help="the agent's state_change_wait_time in seconds (900: emulation is slow)",
+    )
+    d.add_argument("--memory", type=int, default=1024, help="the guest's RAM in MB (1024)")
+    d.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="break the run on purpose, for the harness's own tests: prepare-without-user",
+    )
     _common(t)
 
     c = sub.add_parser("cache", help="list or prune the layer cache")
@@ -217,6 +273,8 @@ def build_options(ns: argparse.Namespace) -> BuildOptions:
         compression=ns.compression,
         layer_cache=ns.layer_cache,
         max_age_days=ns.max_age_days,
+        datastore_images=ns.datastore_image,
+        embed_mode=ns.embed_mode,
     )
 
 
@@ -276,6 +334,7 @@ def cmd_fetch(ns: argparse.Namespace) -> int:
 
 
 def cmd_boot_test(ns: argparse.Namespace) -> int:
+    from assembler.boottest.datastore_launch import DatastoreOptions
     from assembler.boottest.harness import BootTestOptions, Mode, run_boot_test
     from assembler.boottest.vm import Timeouts
 
@@ -284,6 +343,26 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
     if ns.cpus < 1:
         raise UsageError(f"--cpus must be at least 1, not {ns.cpus}")
     report_path = Path(ns.report).absolute() if ns.report else None
+    if ns.memory < 256:
+        raise UsageError(f"--memory must be at least 256 MB, not {ns.memory}")
+    if ns.prepare_wait <= 0:
+        raise UsageError("--prepare-wait must be positive")
+    datastore = None
+    if ns.datastore:
+        datastore = DatastoreOptions(
+            spec=ns.datastore,
+            registry=ns.registry,
+            use_registry=not ns.no_registry,
+            source=ns.datastore_source,
+            docker_image=ns.docker_image,
+            insecure_registry=ns.insecure_registry,
+            wait=ns.prepare_wait,
+            faults=tuple(ns.fault),
+        )
+    elif ns.registry or ns.no_registry or ns.datastore_source or ns.fault:
+        raise UsageError(
+            "--registry, --no-registry, --datastore-source and --fault need --datastore"
+        )
     opts = BootTestOptions(
         image=Path(ns.image).expanduser().absolute(),
         mode=Mode.CONFIG_DRIVE if ns.config_drive else Mode.METADATA,
@@ -294,6 +373,9 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
         cpus=ns.cpus,
         rabbit=ns.rabbit,
         transport_url=ns.transport_url,
+        datastore=datastore,
+        memory_mb=ns.memory,
+        **({"docker_image": ns.docker_image} if ns.docker_image and not datastore else {}),
     )
     report = run_boot_test(opts, report_path)
     print(report.table())

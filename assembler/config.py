@@ -77,6 +77,76 @@ class AgentConfig:
 DEFAULT_PATH_TROVE = "/opt/stack/trove"  # devstack's $DEST/trove, trovestack's default
 
 
+class SourceKind(StrEnum):
+    REGISTRY = "registry"  # pulled over the OCI distribution API
+    DOCKER_ARCHIVE = "docker-archive"  # a `docker save` tar on this host
+    OCI_LAYOUT = "oci"  # an OCI image layout directory on this host
+
+
+class EmbedMode(StrEnum):
+    """How embedded datastore images land in the guest (README: measured delay and size)."""
+
+    DOCKER_STORE = "docker-store"  # loaded into /var/lib/docker by dockerd at build time
+    FIRST_BOOT = "first-boot"  # archives loaded by trove-image-loader at the first boot
+
+
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """A datastore image put into the guest image (--datastore-image [SOURCE=]REF): REF is the
+    name docker knows it by in the guest; SOURCE where the host fetches it (default: REF)."""
+
+    target: str
+    kind: SourceKind
+    source: str  # a registry reference, or an absolute path
+
+    def __str__(self) -> str:
+        return f"{self.source}={self.target}" if self.source != self.target else self.target
+
+
+def parse_embedded_image(text: str) -> EmbeddedImage:
+    """[SOURCE=]REF, where SOURCE is a reference, docker-archive:PATH, oci:PATH, or a path to a
+    `docker save` archive or an OCI layout (skopeo's transport names)."""
+    from assembler.oci.reference import Reference
+
+    source, sep, target = text.strip().rpartition("=")
+    if not sep:
+        source = target
+    if not target or not source:
+        raise UsageError(f"--datastore-image {text!r}: expected [SOURCE=]REF")
+    target = str(Reference.parse(target))
+    for prefix, kind in (
+        ("docker-archive:", SourceKind.DOCKER_ARCHIVE),
+        ("oci:", SourceKind.OCI_LAYOUT),
+    ):
+        if source.startswith(prefix):
+            return EmbeddedImage(target, kind, _existing(source.removeprefix(prefix), text))
+    source = source.removeprefix("docker://")
+    local = Path(source).expanduser()
+    if source.startswith(("/", ".", "~")) or local.exists():
+        path = _existing(source, text)
+        kind = SourceKind.OCI_LAYOUT if Path(path).is_dir() else SourceKind.DOCKER_ARCHIVE
+        return EmbeddedImage(target, kind, path)
+    return EmbeddedImage(target, SourceKind.REGISTRY, str(Reference.parse(source)))
+
+
+def _existing(path: str, text: str) -> str:
+    found = Path(path).expanduser().absolute()
+    if not found.exists():
+        raise UsageError(f"--datastore-image {text!r}: {found} does not exist")
+    return str(found)
+
+
+def parse_embedded_images(texts: list[str], env_value: str | None) -> tuple[EmbeddedImage, ...]:
+    """The options, else DIB_TROVE_DOCKER_IMAGES (its entries split by commas or spaces)."""
+    entries = list(texts) or re.split(r"[,\s]+", (env_value or "").strip())
+    images = tuple(parse_embedded_image(t) for t in entries if t)
+    targets = [i.target for i in images]
+    twice = {t for t in targets if targets.count(t) > 1}
+    if twice:
+        raise UsageError(f"datastore image {sorted(twice)[0]} named twice")
+    return images
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     release: Release
@@ -102,6 +172,8 @@ class BuildConfig:
     compression: Compression = Compression.ZLIB
     layer_cache: Path | None = None  # None: the user's cache directory
     max_age_days: float = 7.0  # a cached layer of packages older than this is built again
+    datastore_images: tuple[EmbeddedImage, ...] = ()
+    embed_mode: EmbedMode = EmbedMode.DOCKER_STORE
     root_password_hash: str | None = field(default=None, repr=False)
     root_password_id: str | None = field(default=None, repr=False)  # layer-cache key of it
 
@@ -185,6 +257,8 @@ class BuildOptions:
     compression: str | None = None
     layer_cache: str | None = None
     max_age_days: float | None = None
+    datastore_images: list[str] = field(default_factory=list)
+    embed_mode: str | None = None
 
 
 def resolve_release(guest_os: str | None, release: str | None) -> Release:
@@ -271,11 +345,6 @@ def make_agent_config(opts: BuildOptions, env: Mapping[str, str], dev_mode: bool
 
 def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
     """Validate everything at the edge and freeze it."""
-    if env.get("DIB_TROVE_DOCKER_IMAGES"):
-        raise UsageError(
-            "DIB_TROVE_DOCKER_IMAGES (datastore images embedded in the image) is not supported "
-            "yet; unset it and let the guest pull its images at launch"
-        )
     release = resolve_release(opts.guest_os, opts.release)
     dev_mode = True if opts.dev_mode is None else opts.dev_mode
     # trovestack's default guest user is "ubuntu" whatever the OS.
@@ -327,6 +396,10 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
             opts.layer_cache or env.get("ASSEMBLER_LAYER_CACHE"), "--layer-cache", must_exist=False
         ),
         max_age_days=max_age,
+        datastore_images=parse_embedded_images(
+            opts.datastore_images, env.get("DIB_TROVE_DOCKER_IMAGES")
+        ),
+        embed_mode=_enum(EmbedMode, opts.embed_mode or EmbedMode.DOCKER_STORE, "embed mode"),
         root_password_hash=root_hash,
         root_password_id=password_id(root_password) if root_password else None,
     )

@@ -42,6 +42,8 @@ class Manifest:
     private_keys: list[str] = field(default_factory=list)
     # The layer cache: each layer's key, whether this build reused it, and its steps if not.
     layers: list[dict[str, Any]] = field(default_factory=list)
+    # Embedded datastore images: target name, source, digests (never a credential).
+    datastore_images: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         from assembler import __version__
@@ -55,6 +57,7 @@ class Manifest:
             "packages": dict(sorted(self.packages.items())),
             "agent": self.agent,
             "private_keys": self.private_keys,
+            "datastore_images": self.datastore_images,
             "output": self.output,
         }
         # default=str: paths and enums among the inputs

@@ -91,6 +91,43 @@ def vmdk_dev(debian_base: Path, images_dir: Path) -> Built:
     return build(debian_base, images_dir / "dev.vmdk", "--dev-mode")
 
 
+@pytest.fixture(scope="session")
+def test_doubles() -> dict[str, Path]:
+    """The stand-in datastore images (OCI layouts built from Debian's packages, cached per
+    machine): test doubles of the official postgres and mariadb images, which Docker Hub
+    would serve and this machine cannot reach."""
+    from assembler.standin import standin_layout
+
+    return {name: standin_layout(name) for name in ("postgresql", "mariadb")}
+
+
+# The production build with a test double embedded: the same system and config layers as
+# raw_production, then a datastore-images layer and its own agent layer above it. MariaDB goes
+# into docker's store at build time (the default); PostgreSQL is loaded at the first boot
+# (`full`: the other way to land, whose delay the boot measures).
+@pytest.fixture(scope="session")
+def qcow2_embedded(debian_base: Path, images_dir: Path, test_doubles: dict[str, Path]) -> Built:
+    return _embedded(debian_base, images_dir / "embedded.qcow2", test_doubles, "mariadb")
+
+
+@pytest.fixture(scope="session")
+def qcow2_first_boot(debian_base: Path, images_dir: Path, test_doubles: dict[str, Path]) -> Built:
+    out = images_dir / "first-boot.qcow2"
+    return _embedded(debian_base, out, test_doubles, "postgresql", "--embed-mode", "first-boot")
+
+
+EMBEDDED = {
+    "postgresql": "trove-test-double/postgresql:15",
+    "mariadb": "trove-test-double/mariadb:10.11",
+}
+
+
+def _embedded(base: Path, out: Path, doubles: dict[str, Path], name: str, *args: str) -> Built:
+    embed = f"oci:{doubles[name]}={EMBEDDED[name]}"
+    env = {"TROVE_ROOT_PASSWORD": "Sup3r-secret-root"}
+    return build(base, out, "--no-dev-mode", "--datastore-image", embed, *args, env=env)
+
+
 class Inspector:
     """Read-only guestfs handles on built images, one appliance per image for the session."""
 

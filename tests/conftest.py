@@ -15,7 +15,10 @@ from tests.builds import (  # noqa: F401 (fixtures, found by name)
     images_dir,
     inspect,
     qcow2_custom,
+    qcow2_embedded,
+    qcow2_first_boot,
     raw_production,
+    test_doubles,
     vmdk_dev,
 )
 

@@ -442,6 +442,18 @@ def taskmanager_context(guest_id: str, ds_version: str, manager: str) -> Any:
     return context
 
 
+def _wait_stopped(server: Any, attempts: int = 100) -> None:
+    """server.wait(), which on a loaded host can come before the listener thread it joins has
+    started ("cannot join thread before it is started"): retried until it has."""
+    for _ in range(attempts - 1):
+        try:
+            server.wait()
+            return
+        except RuntimeError:
+            time.sleep(0.1)
+    server.wait()
+
+
 def cast_prepare(
     url: str, guest_id: str, kwargs: dict[str, Any], context: Any = None, manager: str = ""
 ) -> str:
@@ -470,7 +482,7 @@ def cast_prepare(
         )
         queue_maker.start()
         queue_maker.stop()
-        queue_maker.wait()
+        _wait_stopped(queue_maker)
         client = messaging.get_rpc_client(
             transport,
             messaging.Target(topic=topic_of(guest_id), version=API_VERSION),
@@ -620,7 +632,7 @@ class Conductor:
     ) -> None:
         if self._rpc is not None:
             self._rpc.stop()
-            self._rpc.wait()
+            _wait_stopped(self._rpc)
             self._rpc = None
         if self._transport is not None:
             self._transport.cleanup()

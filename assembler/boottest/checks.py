@@ -52,6 +52,10 @@ class Expectations:
     declared_keys: tuple[str, ...] = ()  # private keys the image's manifest declares
     has_agent: bool = False
     boot_time_slack: float = 0.0
+    # A datastore run (--datastore): the image ref the agent starts, and the manifest digest
+    # the harness pushed to its registry (None: no registry, the image must be embedded).
+    datastore_image: str | None = None
+    pushed_digest: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -189,7 +193,10 @@ def _image_loader(f: dict[str, Any], e: Expectations) -> Verdict:
     a = f.get("agent", {})
     unit = a.get("image_loader", {})
     ok = unit.get("Result") == "success" and unit.get("ExecMainStatus") == "0"
-    tail = " | ".join(a.get("image_loader_log", "").strip().splitlines()[-2:])
+    lines = a.get("image_loader_log", "").strip().splitlines()
+    # What it loaded at this boot (embedded archives, with their time), then its last words.
+    loaded = [line for line in lines[:-2] if "loaded in" in line]
+    tail = " | ".join([*loaded, *lines[-2:]])
     return ok, f"trove-image-loader {unit.get('ActiveState')} ({unit.get('Result')}): {tail}"
 
 
@@ -203,8 +210,39 @@ def _hostnic(f: dict[str, Any], e: Expectations) -> Verdict:
     )
 
 
+def _datastore_image(f: dict[str, Any], e: Expectations) -> Verdict:
+    """The datastore image is in the guest's docker before the agent needs it: pulled from
+    the harness's registry (its digest is the one pushed) or already in the image."""
+    found = f.get("agent", {}).get("datastore_image", {})
+    ref = e.datastore_image
+    if not found.get("present"):
+        tail = " | ".join(f.get("agent", {}).get("image_loader_log", "").strip().splitlines()[-2:])
+        return False, f"{ref} is not in the guest's docker: {tail or found.get('error')}"
+    digests = [str(d) for d in found.get("repo_digests") or []]
+    short = str(found.get("id", ""))[:19]
+    if e.pushed_digest and any(d.endswith("@" + e.pushed_digest) for d in digests):
+        return True, f"{ref} pulled from the registry ({e.pushed_digest[:19]}), image {short}"
+    if digests:
+        # Pulled, but not what the harness pushed: another registry served it.
+        return (
+            False,
+            f"{ref} came from {', '.join(digests)}, not the image pushed ({e.pushed_digest})",
+        )
+    if e.pushed_digest:
+        return (
+            True,
+            f"{ref} was already in the image (embedded, {short}); the registry was not used",
+        )
+    return True, f"{ref} was already in the image (embedded, {short}), no registry reachable"
+
+
 # Judged on the host from calls over the message bus; the harness adds them to the facts.
-BUS_KEYS = {"agent-rpc": "rpc", "agent-volume": "volume"}
+BUS_KEYS = {
+    "agent-rpc": "rpc",
+    "agent-volume": "volume",
+    "datastore-prepare": "prepare",
+    "datastore-query": "query",
+}
 
 
 def _bus_answer(f: dict[str, Any], name: str) -> dict[str, Any]:
@@ -222,23 +260,35 @@ def _bus(name: str) -> Judge:
     return judge_bus
 
 
-# (name, judge, depends_on, agent only). Order is the report's order.
-CHECKS: tuple[tuple[str, Judge, tuple[str, ...], bool], ...] = (
-    ("datasource", _datasource, ("boot",), False),
-    ("cloud-init", _cloud_init, ("datasource",), False),
-    ("hostname", _hostname, ("datasource",), False),
-    ("default-user", _default_user, ("datasource",), False),
-    ("injected-files", _injected, ("datasource",), False),
-    ("docker", _docker, ("boot",), False),
-    ("root-grown", _root_grown, ("boot",), False),
-    ("private-keys", _private_keys, ("boot",), False),
-    ("build-secrets", _build_secrets, ("boot",), False),
-    ("hostnic", _hostnic, ("boot",), True),
-    ("image-loader", _image_loader, ("docker", "injected-files"), True),
-    ("agent", _agent, ("docker", "default-user", "injected-files"), True),
-    ("agent-log", _agent_log, ("agent",), True),
-    ("agent-rpc", _bus("agent-rpc"), ("agent",), True),
-    ("agent-volume", _bus("agent-volume"), ("agent-rpc",), True),
+class Needs(StrEnum):
+    """What an image or run must have for a check to apply at all."""
+
+    NOTHING = "nothing"
+    AGENT = "agent"  # the image's manifest lists an agent
+    DATASTORE = "datastore"  # the run creates a database (--datastore)
+
+
+N, A, D = Needs.NOTHING, Needs.AGENT, Needs.DATASTORE
+# (name, judge, depends_on, needs). Order is the report's order.
+CHECKS: tuple[tuple[str, Judge, tuple[str, ...], Needs], ...] = (
+    ("datasource", _datasource, ("boot",), N),
+    ("cloud-init", _cloud_init, ("datasource",), N),
+    ("hostname", _hostname, ("datasource",), N),
+    ("default-user", _default_user, ("datasource",), N),
+    ("injected-files", _injected, ("datasource",), N),
+    ("docker", _docker, ("boot",), N),
+    ("root-grown", _root_grown, ("boot",), N),
+    ("private-keys", _private_keys, ("boot",), N),
+    ("build-secrets", _build_secrets, ("boot",), N),
+    ("hostnic", _hostnic, ("boot",), A),
+    ("image-loader", _image_loader, ("docker", "injected-files"), A),
+    ("agent", _agent, ("docker", "default-user", "injected-files"), A),
+    ("agent-log", _agent_log, ("agent",), A),
+    ("agent-rpc", _bus("agent-rpc"), ("agent",), A),
+    ("agent-volume", _bus("agent-volume"), ("agent-rpc",), A),
+    ("datastore-image", _datastore_image, ("docker", "injected-files"), D),
+    ("datastore-prepare", _bus("datastore-prepare"), ("agent-rpc", "datastore-image"), D),
+    ("datastore-query", _bus("datastore-query"), ("datastore-prepare",), D),
 )
 CHECK_NAMES = ("boot", *(name for name, _, _, _ in CHECKS))
 
@@ -256,11 +306,15 @@ def judge(
     seconds = (facts or {}).get("seconds", {})
     results = [CheckResult("boot", Status.PASSED if booted else Status.FAILED, boot_detail)]
     failed = {"boot"} if not booted else set()
-    for name, fn, depends, agent_only in CHECKS:
-        if agent_only and not expect.has_agent:
+    for name, fn, depends, needs in CHECKS:
+        if needs is not Needs.NOTHING and not expect.has_agent:
             results.append(
                 CheckResult(name, Status.NOT_APPLICABLE, "the image's manifest lists no agent")
             )
+            continue
+        if needs is Needs.DATASTORE and expect.datastore_image is None:
+            detail = "no database created in this run (--datastore)"
+            results.append(CheckResult(name, Status.NOT_APPLICABLE, detail))
             continue
         blockers = [d for d in depends if d in failed]
         if not blockers and facts is None and name != "datasource":

@@ -226,7 +226,26 @@ def unit_state(unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def agent_facts(ready: bool = True) -> dict[str, Any]:
+def docker_image(ref: str) -> dict[str, Any]:
+    """What the guest's docker holds under ref: RepoDigests name the registry it came from (an
+    image loaded from an archive has none)."""
+    out = cmd("docker", "image", "inspect", ref, "--format", "{{json .}}")
+    if out["rc"] != 0:
+        return {"ref": ref, "present": False, "error": out["out"].strip()[-300:]}
+    try:
+        doc = json.loads(out["out"])
+    except ValueError:
+        return {"ref": ref, "present": False, "error": out["out"][-300:]}
+    return {
+        "ref": ref,
+        "present": True,
+        "id": doc.get("Id"),
+        "repo_digests": doc.get("RepoDigests") or [],
+        "size": doc.get("Size"),
+    }
+
+
+def agent_facts(ready: bool = True, datastore_image: str | None = None) -> dict[str, Any]:
     """Wait (bounded) for the agent to start and write its log, then describe its surroundings.
 
     Not ready (docker down, no sudo, Trove's config missing: the agent's own checks then wait
@@ -267,10 +286,11 @@ def agent_facts(ready: bool = True) -> dict[str, Any]:
         "open_logs": logs or open_logs("guest-agent.service"),
         "image_loader": unit_state("trove-image-loader.service"),
         "image_loader_log": cmd(
-            "journalctl", "-u", "trove-image-loader.service", "-n", "6", "--no-pager", "-q"
+            "journalctl", "-u", "trove-image-loader.service", "-n", "12", "--no-pager", "-q"
         )["out"],
         "hostnic_socket": unit_state("docker-hostnic.socket"),
         "hostnic_listening": os.path.exists("/run/docker/plugins/docker-hostnic.sock"),
+        **({"datastore_image": docker_image(datastore_image)} if datastore_image else {}),
     }
 
 
@@ -311,7 +331,7 @@ def main() -> None:
             and facts["user"].get("sudo", {}).get("rc") == 0
             and all(f.get("exists") for f in facts["injected"].values())
         )
-        timed("agent", agent=lambda: agent_facts(ready))
+        timed("agent", agent=lambda: agent_facts(ready, expect.get("datastore_image")))
     timed("root-grown", root=root_size)
     timed("private-keys", private_keys=private_keys)
     timed("build-secrets", leftovers=lambda: [p for p in BUILD_LEFTOVERS if os.path.lexists(p)])
@@ -319,7 +339,22 @@ def main() -> None:
     line = json.dumps({"trove_boot_facts": 1, "facts": facts}, sort_keys=True)
     _port.write(line + "\n")
     _port.flush()
+    if expect.get("follow_agent_log") and os.path.exists(AGENT_LOG):
+        follow(AGENT_LOG, _port)  # until the harness stops the guest
     _port.close()
+
+
+def follow(path: str, port: Any) -> None:
+    """The agent's log, line by line, on the facts port while the harness talks to the agent:
+    what explains a prepare that fails (the host keeps the port's log as evidence)."""
+    with open(path, errors="replace") as f:
+        while True:
+            line = f.readline()
+            if not line:
+                time.sleep(1)
+                continue
+            port.write(json.dumps({"trove_agent_log": line.rstrip()[:400]}) + "\n")
+            port.flush()
 
 
 if __name__ == "__main__":

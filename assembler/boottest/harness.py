@@ -8,6 +8,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,9 +19,17 @@ from typing import Any
 from assembler import accel as accel_mod
 from assembler.accel import Accel
 from assembler.agent.devkeys import KeyPair
+from assembler.boottest import datastore
 from assembler.boottest.checks import Expectations, judge
 from assembler.boottest.configdrive import build_config_drive
 from assembler.boottest.controller import Controller, unpack_trove_release
+from assembler.boottest.datastore_launch import (
+    DB_NAME,
+    DB_USER,
+    DatastoreOptions,
+    Launch,
+    open_launch,
+)
 from assembler.boottest.instance import InjectedFile, Instance
 from assembler.boottest.metadata import MetadataService
 from assembler.boottest.rabbit import Broker
@@ -66,6 +75,9 @@ class BootTestOptions:
     transport_url: str | None = None
     # Dev mode: the trove tree the harness's controller serves (default: the manifest's release).
     controller_tree: Path | None = None
+    # A database created through Trove's prepare, and what it needs (registry, image, faults).
+    datastore: DatastoreOptions | None = None
+    memory_mb: int = 1024  # the guest's RAM, sent to prepare as the flavor's
 
 
 # Where the guest reaches the harness's broker: inside its user network, as QEMU requires.
@@ -86,16 +98,23 @@ def read_manifest(image: Path) -> dict[str, Any]:
 
 
 def injected_files(
-    inst_uuid: str, user: str, opts: BootTestOptions, transport_url: str
+    inst_uuid: str,
+    user: str,
+    opts: BootTestOptions,
+    transport_url: str,
+    launch: Launch | None = None,
 ) -> tuple[InjectedFile, ...]:
     """What Trove's taskmanager injects at launch (get_injected_files), with our options."""
     owner = f"{user}:root"
+    manager = launch.manager if launch else opts.datastore_manager
+    version = launch.version if launch else opts.datastore_version
     guest_info = (
         "[DEFAULT]\n"
         f"guest_id={inst_uuid}\n"
-        f"datastore_manager={opts.datastore_manager}\n"
-        f"datastore_version={opts.datastore_version}\n"
-        f"tenant_id={'0' * 32}\n"
+        f"datastore_manager={manager}\n"
+        f"datastore_version={version}\n"
+        f"tenant_id={'0' * 32}\n" + ("network_isolation=False\n" if launch else "")
+        # The taskmanager's default is True (ports only on the management network).
     )
     agent_conf = (
         "[DEFAULT]\n"
@@ -103,12 +122,18 @@ def injected_files(
         "control_exchange = trove\n"
         "log_dir = /var/log/trove/\n"
         "log_file = trove-guestagent.log\n"
-        f"\n[{opts.datastore_manager}]\n"
-        + (f"docker_image = {opts.docker_image}\n" if opts.docker_image else "")
     )
+    if launch is not None:
+        # Emulation starts a database far slower than the 180 s Trove waits by default.
+        agent_conf += f"state_change_wait_time = {launch.opts.wait:.0f}\n" + launch.agent_conf()
+    else:
+        agent_conf += f"\n[{manager}]\n" + (
+            f"docker_image = {opts.docker_image}\n" if opts.docker_image else ""
+        )
     return (
         InjectedFile("/etc/trove/conf.d/guest_info.conf", guest_info, owner, "0640"),
         InjectedFile("/etc/trove/conf.d/trove-guestagent.conf", agent_conf, owner, "0640"),
+        *(launch.injected(owner) if launch else ()),
     )
 
 
@@ -139,8 +164,11 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
                 broker = stack.enter_context(Broker())
                 forwards.append(broker.forward(BUS_ADDR, BUS_PORT))
                 transport_url = opts.transport_url or broker.url_from_guest(BUS_ADDR, BUS_PORT)
+            launch = open_launch(opts.datastore, stack) if opts.datastore else None
+            if launch is not None:
+                forwards += launch.forwards
             inst_uuid = str(uuid.uuid4())
-            files = injected_files(inst_uuid, user, opts, transport_url)
+            files = injected_files(inst_uuid, user, opts, transport_url, launch)
             agent = manifest.get("agent") or {}
             if agent.get("mode") == "dev":
                 ctl = stack.enter_context(_dev_controller(manifest, opts, work))
@@ -151,7 +179,10 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
                     f"PATH_TROVE={ctl.trove_path}\n"
                 )
                 files += (InjectedFile("/etc/trove/controller.conf", conf, f"{user}:root", "0644"),)
-            inst = Instance(user, public_key, files, uuid=inst_uuid, has_agent=has_agent)
+            inst = Instance(
+                user, public_key, files, uuid=inst_uuid, has_agent=has_agent,
+                datastore_image=launch.ref if launch else None,
+            )  # fmt: skip
             expect = Expectations(
                 datasource=DATASOURCE_OF[opts.mode],
                 guest_username=user,
@@ -161,6 +192,8 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
                 declared_keys=tuple(manifest.get("private_keys", [])),
                 has_agent=has_agent,
                 boot_time_slack=5.0,
+                datastore_image=launch.ref if launch else None,
+                pushed_digest=launch.pushed_digest if launch else None,
             )
             config_drive: Path | None = None
             metadata: MetadataService | None = None
@@ -174,10 +207,11 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
             spec = MachineSpec(
                 disk=disk, volume=volume, config_drive=config_drive, forwards=tuple(forwards),
                 accel=chosen, uuid=inst.uuid, mac=inst.mac, workdir=artifacts, cpus=opts.cpus,
+                memory_mb=opts.memory_mb, published=(launch.published,) if launch else (),
             )  # fmt: skip
             bus_calls = None
             if has_agent and broker is not None:
-                bus_calls = partial(_call_agent, broker.host_url, inst_uuid, opts)
+                bus_calls = partial(_call_agent, broker.host_url, inst_uuid, opts, launch, work)
             requests = (lambda: len(metadata.requests)) if metadata else None
             result = boot(spec, opts.timeouts, bus_calls, requests)
         booted = result.kernel_seen or result.facts is not None
@@ -193,18 +227,55 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
         checks = judge(
             result.facts, expect, booted=booted, boot_detail=boot_detail, no_facts_detail=no_facts
         )
+        bus = (result.facts or {}).get("bus", {})
+        if launch is not None and not bus.get("prepare", {}).get("ok", True):
+            bus["prepare"]["detail"] += _agent_errors(spec.facts_log)
         report = Report(
             image=str(opts.image),
             mode=str(opts.mode),
             checks=checks,
             boot_seconds=result.boot_seconds,
             metadata_requests=list(metadata.requests) if metadata else [],
-            phases=result.phases,
+            phases={**result.phases, **_prepare_phases(bus)},
             stopped_because=result.error,
+            bus=_bus_summary(bus),
         )
         if not report.passed or result.error:
             report.artifacts = _keep_artifacts(artifacts, opts, report_path)
     return report
+
+
+def _agent_errors(facts_log: Path, count: int = 2) -> str:
+    """The agent's last ERROR lines, as the gatherer followed its log on the facts port."""
+    errors = []
+    for line in facts_log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            text = str(json.loads(line).get("trove_agent_log", ""))
+            if " ERROR " in text:
+                errors.append(text.split(" ERROR ", 1)[1])
+    return f"; the agent logged: {' | '.join(errors[-count:])}" if errors else ""
+
+
+def _prepare_phases(bus: dict[str, Any]) -> dict[str, float]:
+    """When the conductor first heard each status the agent sent (seconds since QEMU's start)."""
+    phases: dict[str, float] = {}
+    for heard in bus.get("prepare", {}).get("statuses", []):
+        phases.setdefault(str(heard["status"]), round(float(heard["seconds"]), 1))
+    return phases
+
+
+def _bus_summary(bus: dict[str, Any]) -> dict[str, Any]:
+    """The taskmanager's calls for the report; of the conductor's notifications only their
+    names (their payloads describe the instance, and are not the report's business)."""
+    summary = {k: v for k, v in bus.items() if isinstance(v, dict)}
+    if "prepare" in summary:
+        prepare = dict(summary["prepare"])
+        prepare["notifications"] = [
+            n.get("method", n.get("event_type", "?")) if isinstance(n, dict) else str(n)
+            for n in prepare.get("notifications", [])
+        ]
+        summary["prepare"] = prepare
+    return summary
 
 
 def _dev_controller(manifest: dict[str, Any], opts: BootTestOptions, work: Path) -> Controller:
@@ -217,24 +288,63 @@ def _dev_controller(manifest: dict[str, Any], opts: BootTestOptions, work: Path)
     return Controller(tree, public, user)
 
 
+# Beyond state_change_wait_time: the volume's format and mount, the image's start, the
+# database's users, all under emulation.
+PREPARE_MARGIN = 300.0
+QUERY_TIMEOUT = 90.0
+
+
 def _call_agent(
-    url: str, guest_id: str, opts: BootTestOptions, started: float, facts: dict[str, Any]
+    url: str,
+    guest_id: str,
+    opts: BootTestOptions,
+    launch: Launch | None,
+    work: Path,
+    started: float,
+    facts: dict[str, Any],
 ) -> dict[str, Any]:
-    """Play Trove's taskmanager on the bus (rpc_ping, then a read-only call on the volume) from
-    a child process; time.monotonic() is system-wide, so QEMU's start time carries over."""
+    """Play Trove's taskmanager on the bus (rpc_ping, a read-only call on the volume, and for a
+    datastore run prepare, heard back as the conductor) from a child process; time.monotonic()
+    is system-wide, so QEMU's start time carries over. Then, as a client would, the database."""
     if facts.get("agent", {}).get("unit", {}).get("ActiveState") != "active":
         return {}  # the agent check fails on its own; waiting for its answer is pointless
-    mount_point = f"/var/lib/{opts.datastore_manager}"
+    manager = launch.manager if launch else opts.datastore_manager
+    mount_point = datastore.mount_point(manager)
     argv = [sys.executable, "-m", "assembler.boottest.agent_rpc", url, guest_id,
             str(opts.timeouts.agent), repr(started), mount_point,
             str(VOLUME_BYTES / 1024**3)]  # fmt: skip
+    limit = opts.timeouts.agent + 60
+    image_there = bool(facts.get("agent", {}).get("datastore_image", {}).get("present"))
+    if launch is not None and image_there:
+        # Without its image prepare cannot start a database (datastore-prepare is then not
+        # judged): casting it would only spend the whole wait.
+        spec = work / "prepare.json"
+        deadline = launch.opts.wait + PREPARE_MARGIN
+        kwargs = launch.prepare_kwargs(opts.memory_mb, guest_id)
+        spec.write_text(
+            json.dumps({"prepare": kwargs, "deadline": deadline, "manager": launch.manager})
+        )
+        spec.chmod(0o600)  # it carries the database user's password
+        argv.append(str(spec))
+        limit += deadline
     try:
-        out = run(argv, timeout=opts.timeouts.agent + 60)
-        answers = json.loads(out.strip().splitlines()[-1])
+        out = run(argv, timeout=limit)
+        answers: dict[str, Any] = dict(json.loads(out.strip().splitlines()[-1]))
     except (AssemblerError, ValueError, IndexError) as exc:
         detail = f"the taskmanager calls failed: {exc}"
         return {"rpc": {"ok": False, "detail": detail, "seconds": 0.0}}
-    return dict(answers)
+    if launch is not None and answers.get("prepare", {}).get("ok"):
+        answers["query"] = _query(launch)
+    return answers
+
+
+def _query(launch: Launch) -> dict[str, Any]:
+    begun = time.monotonic()
+    ok, detail = datastore.query_round_trip(
+        launch.manager, "127.0.0.1", launch.published.host_port, DB_USER, launch.password,
+        DB_NAME, QUERY_TIMEOUT,
+    )  # fmt: skip
+    return {"ok": ok, "detail": detail, "seconds": time.monotonic() - begun}
 
 
 def _keep_artifacts(

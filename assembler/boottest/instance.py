@@ -45,6 +45,7 @@ class Instance:
     hostname: str = field(default_factory=lambda: f"trove-boot-{secrets.token_hex(3)}")
     mac: str = "fa:16:3e:00:00:01"  # Nova's prefix
     has_agent: bool = False  # the gatherer then waits for the agent to start
+    datastore_image: str | None = None  # the gatherer reports what docker holds under it
 
     def meta_data(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,9 @@ class Instance:
             "injected": [f.path for f in self.files],
             "port": FACTS_PORT,
             "agent": self.has_agent,
+            **({"datastore_image": self.datastore_image} if self.datastore_image else {}),
+            # A datastore run: the agent's log follows the facts, for a failed prepare's cause.
+            "follow_agent_log": bool(self.datastore_image),
         }
 
     def user_data(self) -> str:

@@ -23,6 +23,8 @@ class Report:
     # Seconds from QEMU's start to each phase the guest reached (vm.BootResult.phases).
     phases: dict[str, float] = field(default_factory=dict)
     stopped_because: str | None = None  # why the harness stopped waiting, when not for facts
+    # The taskmanager's calls and what the conductor heard (statuses with their seconds).
+    bus: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -47,6 +49,7 @@ class Report:
             ],
             "phases": self.phases,
             "stopped_because": self.stopped_because,
+            "bus": self.bus,
             "artifacts": self.artifacts,
             "metadata_requests": [{"path": p, "status": s} for p, s in self.metadata_requests],
         }

@@ -36,17 +36,32 @@ METADATA_ADDR = "169.254.169.254"
 
 @dataclass(frozen=True)
 class Forward:
-    """A guest address:port reaching a harness service on 127.0.0.1, one socat per connection."""
+    """A guest address:port reaching a harness service on 127.0.0.1, one socat per connection.
+
+    `host` is another address only when an operator names a service of their own (a registry)
+    on the command line; the tests' guests reach nothing but loopback."""
 
     guest_addr: str
     guest_port: int
     host_port: int
+    host: str = "127.0.0.1"
 
     def option(self) -> str:
         return (
             f"guestfwd=tcp:{self.guest_addr}:{self.guest_port}"
-            f"-cmd:socat STDIO TCP:127.0.0.1:{self.host_port}"
+            f"-cmd:socat STDIO TCP:{self.host}:{self.host_port}"
         )
+
+
+@dataclass(frozen=True)
+class Published:
+    """A guest port the host reaches on 127.0.0.1 only (the database, as a client would)."""
+
+    host_port: int
+    guest_port: int
+
+    def option(self) -> str:
+        return f"hostfwd=tcp:127.0.0.1:{self.host_port}-:{self.guest_port}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class MachineSpec:
     workdir: Path
     memory_mb: int = 1024
     cpus: int = 2
+    published: tuple[Published, ...] = ()
 
     @property
     def console_log(self) -> Path:
@@ -95,6 +111,7 @@ class MachineSpec:
                 "user,id=n0,restrict=on",
                 f"net={GUEST_NET},host={GUEST_HOST},dhcpstart={DHCP_START}",
                 *(f.option() for f in self.forwards),
+                *(p.option() for p in self.published),
             ]
         )
         argv = [
@@ -215,6 +232,7 @@ async def _drive(
                     result.error = "the guest shut itself down"
                     break
                 activity = len(events) + (progress() if progress else 0)
+                activity += _io_of(proc.pid)
                 now = time.monotonic() - started
                 snap = Snapshot(now, _read(spec.console_log), _read(spec.facts_log), activity)
                 watch.feed(snap)
@@ -250,6 +268,19 @@ async def _drive(
         (spec.workdir / "qmp-events.json").write_text(json.dumps(events, indent=1))
         result.phases["stopped"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _io_of(pid: int) -> int:
+    """Bytes QEMU has read from and written to storage (its disks): a sign of life when the guest
+    says nothing else for minutes (docker unpacking a datastore image under emulation). Read
+    from /proc, not asked over QMP, so a slow or lost QMP answer can never hold the loop."""
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    # Not rchar/wchar: QEMU's own event loop reads and writes eventfds all the time.
+    return int(fields.get("read_bytes", 0)) + int(fields.get("write_bytes", 0))
 
 
 async def _in_thread(fn: WhileRunning, started: float, facts: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,12 @@ import pytest
 from tests.boot.faults import COMBINED, FAULTS
 from tests.builds import Built
 
-FORMAT_OF = {"raw_production": "raw", "vmdk_dev": "vmdk"}
+FORMAT_OF = {
+    "raw_production": "raw",
+    "vmdk_dev": "vmdk",
+    "qcow2_embedded": "qcow2",
+    "qcow2_first_boot": "qcow2",
+}
 
 
 @dataclass(frozen=True)
@@ -35,22 +40,29 @@ class Boot:
     source: str  # fixture of the built image
     faults: tuple[str, ...] = ()
     config_drive: bool = False
-    run: dict[str, Any] = field(default_factory=dict)
+    args: tuple[str, ...] = ()  # more boot-test options
 
 
 def negative_boot(name: str) -> Boot:
     faults = COMBINED.get(name, (name,))
     sources = {FAULTS[f].source for f in faults}
     assert len(sources) == 1, f"{name}: faults planted in different images"
-    run: dict[str, Any] = {}
-    for f in faults:
-        run.update(FAULTS[f].run)
-    return Boot(sources.pop(), faults, run=run)
+    args = tuple(a for f in faults for a in FAULTS[f].args)
+    return Boot(sources.pop(), faults, args=args)
 
 
 POSITIVE = {
     "production": Boot("raw_production"),
     "dev-config-drive": Boot("vmdk_dev", config_drive=True),
+    # Trove's whole create: prepare, the conductor hearing `healthy`, a client's round trip.
+    "postgresql-from-registry": Boot("raw_production", args=("--datastore", "postgresql:15")),
+    "mariadb-embedded": Boot(
+        "qcow2_embedded", args=("--datastore", "mariadb:10.11", "--no-registry")
+    ),
+    "mariadb-from-registry": Boot("raw_production", args=("--datastore", "mariadb:10.11")),
+    "postgresql-first-boot": Boot(
+        "qcow2_first_boot", args=("--datastore", "postgresql:15", "--no-registry")
+    ),
 }
 
 
@@ -163,8 +175,7 @@ class BootPool:
                 "--junit", str(out / "junit.xml"), "--artifacts", str(out / "artifacts")]  # fmt: skip
         if boot.config_drive:
             argv.append("--config-drive")
-        if "transport_url" in boot.run:
-            argv += ["--transport-url", boot.run["transport_url"], "--rabbit"]
+        argv += boot.args
         started = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=2400, check=False)
         seconds = time.monotonic() - started

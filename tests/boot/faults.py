@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Edit = Callable[[Any], None]
@@ -27,7 +27,7 @@ class Fault:
     # also a cloud-init error).
     also_fails: tuple[str, ...] = ()
     # Boot-test options instead of (or beside) an edit: a fault of the launch, not the image.
-    run: dict[str, Any] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
 
 
 def _disable_docker(g: Any) -> None:
@@ -123,7 +123,14 @@ def _volume_left_unmounted(g: Any) -> None:
     g.write("/etc/trove/conf.d/zz-fault-volume.conf", conf.encode())
 
 
+def _no_edit(g: Any) -> None:
+    """A fault of the launch alone (its boot-test options): the image stays as built."""
+
+
 PROD, DEV = "raw_production", "vmdk_dev"
+EMBEDDED = "qcow2_embedded"
+POSTGRESQL = ("--datastore", "postgresql:15")
+MARIADB_EMBEDDED = ("--datastore", "mariadb:10.11", "--no-registry")
 FAULTS: dict[str, Fault] = {
     "no-kernel": Fault(PROD, _no_kernel, "boot", "no kernel output"),
     "no-openstack-datasource": Fault(PROD, _no_openstack_datasource, "datasource", "no facts"),
@@ -144,12 +151,44 @@ FAULTS: dict[str, Fault] = {
     "agent-logs-elsewhere": Fault(PROD, _agent_logs_elsewhere, "agent-log", "/tmp/"),
     "wrong-bus": Fault(
         PROD,
-        lambda g: None,
+        _no_edit,
         "agent-rpc",
         "guestagent.",
-        run={"transport_url": "rabbit://guest:guest@169.254.0.100:5673/"},
+        args=("--transport-url", "rabbit://guest:guest@169.254.0.100:5673/", "--rabbit"),
     ),
     "volume-left-unmounted": Fault(PROD, _volume_left_unmounted, "agent-volume", "/var/lib/mysql"),
+    # A database through Trove's prepare, from the harness's registry (the PostgreSQL test
+    # double): what each datastore check needs, taken away at launch. Short waits: a negative
+    # need not spend the agent's whole state_change_wait_time.
+    "registry-not-insecure": Fault(
+        PROD,
+        _no_edit,
+        "datastore-image",
+        "not in the guest's docker",
+        also_fails=("image-loader",),  # it is what pulls, and the pull fails
+        args=(*POSTGRESQL, "--no-insecure-registry"),
+    ),
+    "entrypoint-dies": Fault(
+        PROD,
+        _no_edit,
+        "datastore-prepare",
+        "failed",
+        args=(
+            *POSTGRESQL,
+            "--datastore-source",
+            "test-double:postgresql-broken",
+            "--prepare-wait",
+            "120",
+        ),
+    ),
+    # On the image with MariaDB in docker's store: no pull to wait for.
+    "user-never-created": Fault(
+        EMBEDDED,
+        _no_edit,
+        "datastore-query",
+        "trove_boot",
+        args=(*MARIADB_EMBEDDED, "--fault", "prepare-without-user", "--prepare-wait", "600"),
+    ),
 }
 
 # Images holding several faults, none hiding another. Between them they fail every check but
@@ -164,6 +203,7 @@ COMBINED: dict[str, tuple[str, ...]] = {
     # The agent off; checks that wait on nothing of the agent's.
     "combined-agent-off": (
         "agent-disabled", "not-growable", "planted-key", "build-leftover", "hostnic-masked",
+        "registry-not-insecure",
     ),
     # The agent up and answering, its surroundings broken.
     "combined-agent-surroundings": (

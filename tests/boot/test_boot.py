@@ -25,15 +25,18 @@ pytestmark = pytest.mark.boot
 
 # Faults whose check everything else depends on: alone in an image, in both tiers.
 ALONE_IN_BOTH = ("no-kernel", "no-openstack-datasource")
+# Faults of a datastore run that hide each other (no database: no query): alone in both tiers.
+DATASTORE_ALONE = ("entrypoint-dies", "user-never-created")
 NEGATIVES = [
     *(pytest.param(name, id=name) for name in COMBINED),
-    *(pytest.param(name, id=name) for name in ALONE_IN_BOTH),
+    *(pytest.param(name, id=name) for name in (*ALONE_IN_BOTH, *DATASTORE_ALONE)),
     *(
         pytest.param(name, id=name, marks=pytest.mark.full)
         for name in FAULTS
-        if name not in ALONE_IN_BOTH
+        if name not in (*ALONE_IN_BOTH, *DATASTORE_ALONE)
     ),
 ]
+DATASTORE_CHECKS = ("datastore-image", "datastore-prepare", "datastore-query")
 
 
 def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -54,7 +57,11 @@ def test_production_image_through_the_metadata_service(boot: str, boots: BootPoo
     assert report["passed"] is True
     by = checks(report)
     assert by["datasource"]["passed"] and "DataSourceOpenStack" in by["datasource"]["detail"]
-    assert all(c["passed"] and c["status"] == "passed" for c in by.values()), by
+    # Everything passed but what needs a database (--datastore): those do not apply here.
+    assert all(
+        c["status"] == ("not-applicable" if c["name"] in DATASTORE_CHECKS else "passed")
+        for c in by.values()
+    ), by
     # The real agent, baked in the image, answered Trove's calls over the bus, and its volume
     # is the disk attached as one, not the root filesystem.
     assert "rpc_ping answered" in by["agent-rpc"]["detail"]
@@ -83,6 +90,62 @@ def test_dev_vmdk_through_a_config_drive(boot: str, boots: BootPool, vmdk_dev: A
     assert "DataSourceConfigDrive" in by["datasource"]["detail"]
     assert report["metadata_requests"] == []
     assert by["agent-rpc"]["status"] == "passed"
+
+
+def assert_database_created(report: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """Trove's create went through: the image came from where it should, the conductor heard
+    the agent report the instance healthy, and a client used the database as prepare's user."""
+    by = checks(report)
+    assert report["passed"], table(report)
+    assert all(by[c]["status"] == "passed" for c in DATASTORE_CHECKS), table(report)
+    assert source in by["datastore-image"]["detail"], table(report)
+    statuses = [s["status"] for s in report["bus"]["prepare"]["statuses"]]
+    assert statuses[0] == "building" and statuses[-1] == "healthy", statuses
+    assert "trove_boot" in by["datastore-query"]["detail"], table(report)
+    phases = report["phases"]
+    assert phases["bus"] <= phases["stopped"], phases
+    assert "healthy" in phases and phases["healthy"] < phases["bus"], phases
+    return by
+
+
+@pytest.mark.parametrize(
+    "boot",
+    ["postgresql-from-registry", pytest.param("mariadb-from-registry", marks=pytest.mark.full)],
+)
+def test_a_database_from_the_registry(boot: str, boots: BootPool) -> None:
+    result = boots.result(boot)
+    assert result.returncode == 0, result.output
+    assert_database_created(result.report, "pulled from the registry")
+
+
+@pytest.mark.parametrize("boot", ["mariadb-embedded"])
+def test_a_database_from_an_image_in_docker_s_store_with_no_registry(
+    boot: str, boots: BootPool, qcow2_embedded: Any
+) -> None:
+    result = boots.result(boot)
+    assert result.returncode == 0, result.output
+    by = assert_database_created(result.report, "already in the image (embedded")
+    assert "no registry reachable" in by["datastore-image"]["detail"]
+    # In docker's store from the build: nothing was loaded at boot.
+    assert "loaded in" not in by["image-loader"]["detail"], by["image-loader"]
+    # The manifest names what is embedded by digest, and how it landed.
+    (embedded,) = qcow2_embedded.manifest["datastore_images"]
+    assert embedded["ref"] == "docker.io/trove-test-double/mariadb:10.11"
+    assert embedded["image_id"].startswith("sha256:") and embedded["landed"] == "docker-store"
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("boot", ["postgresql-first-boot"])
+def test_a_database_from_an_image_loaded_at_first_boot(
+    boot: str, boots: BootPool, qcow2_first_boot: Any
+) -> None:
+    result = boots.result(boot)
+    assert result.returncode == 0, result.output
+    by = assert_database_created(result.report, "already in the image (embedded")
+    # trove-image-loader loaded the archive before the agent started, and says how long it took.
+    assert "loaded in" in by["image-loader"]["detail"], by["image-loader"]
+    (embedded,) = qcow2_first_boot.manifest["datastore_images"]
+    assert embedded["landed"] == "first-boot"
 
 
 @pytest.mark.parametrize("boot", NEGATIVES)

@@ -119,7 +119,7 @@ class FakeAgent:
         if self._worker is not None:
             self._worker.join(10)
         self.server.stop()
-        self.server.wait()
+        agent_rpc._wait_stopped(self.server)
         self.transport.cleanup()
 
 

@@ -177,7 +177,27 @@ def verdicts(facts: dict[str, Any] | None, **kw: Any) -> dict[str, tuple[Status,
     return {r.name: (r.status, r.detail) for r in results}
 
 
-AGENT_CHECKS = {"hostnic", "image-loader", "agent", "agent-log", "agent-rpc", "agent-volume"}
+DATASTORE_CHECKS = {"datastore-image", "datastore-prepare", "datastore-query"}
+AGENT_CHECKS = {
+    "hostnic", "image-loader", "agent", "agent-log", "agent-rpc", "agent-volume",
+    *DATASTORE_CHECKS,
+}  # fmt: skip
+PUSHED = "sha256:" + "ab" * 32
+REF = "169.254.0.102:5000/trove-test-double/postgresql:15"
+
+
+def datastore_facts(**image: Any) -> dict[str, Any]:
+    facts = copy.deepcopy(GOOD_FACTS)
+    facts["agent"]["datastore_image"] = {
+        "ref": REF,
+        "present": True,
+        "id": "sha256:" + "cd" * 32,
+        "repo_digests": [f"{REF.rsplit(':', 1)[0]}@{PUSHED}"],
+        **image,
+    }
+    facts["bus"]["prepare"] = {"ok": True, "detail": "healthy after 300 s", "seconds": 300.0}
+    facts["bus"]["query"] = {"ok": True, "detail": "round trip as trove_boot", "seconds": 1.0}
+    return facts
 
 
 def test_good_facts_pass_and_agent_checks_are_not_applicable_without_agent() -> None:
@@ -185,8 +205,46 @@ def test_good_facts_pass_and_agent_checks_are_not_applicable_without_agent() -> 
     assert {n: s for n, (s, _) in v.items() if s is not Status.PASSED} == dict.fromkeys(
         AGENT_CHECKS, Status.NOT_APPLICABLE
     )
+    # With an agent but no --datastore, only the datastore checks do not apply.
     v = verdicts(copy.deepcopy(GOOD_FACTS), has_agent=True)
+    assert {n: s for n, (s, _) in v.items() if s is not Status.PASSED} == dict.fromkeys(
+        DATASTORE_CHECKS, Status.NOT_APPLICABLE
+    )
+    v = verdicts(datastore_facts(), has_agent=True, datastore_image=REF, pushed_digest=PUSHED)
     assert all(s is Status.PASSED for s, _ in v.values()), v
+    assert "pulled from the registry" in v["datastore-image"][1]
+
+
+def test_an_embedded_image_says_so() -> None:
+    facts = datastore_facts(repo_digests=[])
+    v = verdicts(facts, has_agent=True, datastore_image=REF, pushed_digest=None)
+    assert v["datastore-image"][0] is Status.PASSED
+    assert "already in the image (embedded" in v["datastore-image"][1]
+    assert "no registry reachable" in v["datastore-image"][1]
+
+
+def test_a_missing_datastore_image_fails_and_prepare_is_not_run() -> None:
+    facts = datastore_facts(present=False, error="No such image")
+    facts["agent"]["image_loader_log"] = "docker_image: pulling x\nhttp: server gave HTTP response"
+    v = verdicts(facts, has_agent=True, datastore_image=REF, pushed_digest=PUSHED)
+    assert v["datastore-image"][0] is Status.FAILED and "HTTP response" in v["datastore-image"][1]
+    assert v["datastore-prepare"][0] is Status.NOT_RUN
+    assert v["datastore-query"][0] is Status.NOT_RUN
+
+
+def test_an_image_from_another_registry_fails() -> None:
+    facts = datastore_facts(repo_digests=["elsewhere/pg@sha256:" + "ee" * 32])
+    v = verdicts(facts, has_agent=True, datastore_image=REF, pushed_digest=PUSHED)
+    assert v["datastore-image"][0] is Status.FAILED and "elsewhere" in v["datastore-image"][1]
+
+
+def test_a_failed_prepare_blocks_the_query() -> None:
+    facts = datastore_facts()
+    facts["bus"]["prepare"] = {"ok": False, "detail": "failed to spawn", "seconds": 90.0}
+    facts["bus"].pop("query")
+    v = verdicts(facts, has_agent=True, datastore_image=REF, pushed_digest=PUSHED)
+    assert v["datastore-prepare"] == (Status.FAILED, "failed to spawn")
+    assert v["datastore-query"][0] is Status.NOT_RUN
 
 
 def broken(path: str, value: Any) -> dict[str, Any]:
@@ -313,7 +371,11 @@ def test_agent_checks_fail_on_their_cause(
     v = verdicts(broken(path, value), has_agent=True)
     assert v[check][0] is Status.FAILED and cause in v[check][1]
     assert {n for n, (s, _) in v.items() if s is Status.NOT_RUN} == blocked
-    assert all(s is Status.PASSED for n, (s, _) in v.items() if n != check and n not in blocked)
+    others = {n: s for n, (s, _) in v.items() if n != check and n not in blocked}
+    assert all(
+        s is (Status.NOT_APPLICABLE if n in DATASTORE_CHECKS else Status.PASSED)
+        for n, s in others.items()
+    ), others
 
 
 def test_agent_log_elsewhere_is_named() -> None:

@@ -101,10 +101,11 @@ def test_debug_shows_the_traceback() -> None:
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
-def test_docker_images_variable_is_rejected() -> None:
-    proc = cli("-o", "/tmp/x.qcow2", env={"DIB_TROVE_DOCKER_IMAGES": "mysql:8"})
+def test_a_malformed_datastore_image_is_one_line() -> None:
+    proc = cli("-o", "/tmp/x.qcow2", "--datastore-image", "UPPER/case:1")
     assert proc.returncode == 2
-    assert "DIB_TROVE_DOCKER_IMAGES" in proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert "malformed image reference" in proc.stderr
 
 
 WORKER_SCRIPT = """

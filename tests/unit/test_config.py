@@ -11,6 +11,7 @@ from assembler.config import (
     BuildOptions,
     DockerSource,
     EtcHosts,
+    SourceKind,
     make_config,
     parse_datasources,
     parse_size,
@@ -82,9 +83,44 @@ def test_root_password_is_stored_hashed_only() -> None:
     assert "s3cret" not in repr(cfg)
 
 
-def test_embedded_docker_images_are_rejected_until_supported() -> None:
-    with pytest.raises(UsageError, match="DIB_TROVE_DOCKER_IMAGES"):
-        make_config(BuildOptions(), {"DIB_TROVE_DOCKER_IMAGES": "mysql:8.0"})
+def test_embedded_images_from_dib_trove_docker_images(tmp_path: Path) -> None:
+    archive = tmp_path / "pg.tar"
+    archive.write_bytes(b"")
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    env = {
+        "DIB_TROVE_DOCKER_IMAGES": (
+            f"mysql:8.0, registry.example.com:5000/db/maria:11={'trove/maria:11'} "
+            f"{archive}=trove/pg:15,oci:{layout}=trove/other:1"
+        )
+    }
+    images = make_config(BuildOptions(), env).datastore_images
+    by = {i.target: i for i in images}
+    assert by["docker.io/library/mysql:8.0"].kind is SourceKind.REGISTRY
+    assert by["docker.io/trove/maria:11"].source == "registry.example.com:5000/db/maria:11"
+    assert by["docker.io/trove/pg:15"].kind is SourceKind.DOCKER_ARCHIVE
+    assert by["docker.io/trove/other:1"].kind is SourceKind.OCI_LAYOUT
+    assert by["docker.io/trove/other:1"].source == str(layout)
+
+
+def test_the_option_wins_over_the_variable() -> None:
+    opts = BuildOptions(datastore_images=["postgres:15"])
+    cfg = make_config(opts, {"DIB_TROVE_DOCKER_IMAGES": "mysql:8.0"})
+    assert [i.source for i in cfg.datastore_images] == ["docker.io/library/postgres:15"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Bad//Ref:1", "malformed image reference"),
+        ("postgres:15=", "expected"),
+        ("docker-archive:/nonexistent.tar=pg:15", "does not exist"),
+        ("pg:15,postgres:15=pg:15", "named twice"),
+    ],
+)
+def test_bad_embedded_images(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        make_config(BuildOptions(), {"DIB_TROVE_DOCKER_IMAGES": text})
 
 
 @pytest.mark.parametrize(
