@@ -190,6 +190,7 @@ async def _boot(
     timeouts: Timeouts,
     while_running: WhileRunning | None,
     progress: Progress | None,
+    shared: dict[str, Any],
 ) -> BootResult:
     spec.workdir.mkdir(parents=True, exist_ok=True)
     stderr = (spec.workdir / "qemu.stderr").open("wb")
@@ -197,8 +198,9 @@ async def _boot(
     log.debug("qemu: %s", " ".join(spec.argv()))
     started = time.monotonic()
     proc = subprocess.Popen(spec.argv(), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    shared.update(proc=proc, started=started)
     with cancel.child(proc.pid):
-        return await _drive(proc, spec, timeouts, while_running, progress, started, stderr)
+        return await _drive(proc, spec, timeouts, while_running, progress, started, stderr, shared)
 
 
 async def _drive(
@@ -209,6 +211,7 @@ async def _drive(
     progress: Progress | None,
     started: float,
     stderr: IO[bytes],
+    shared: dict[str, Any],
 ) -> BootResult:
     qmp = QMPClient("trove-boot-test")
     events: list[dict[str, Any]] = []
@@ -247,6 +250,9 @@ async def _drive(
                     result.phases["bus"] = round(time.monotonic() - started, 1)
             elif watch.verdict is not None:
                 result.error = watch.verdict
+            # All the report needs is in: from here on, boot() may stop QEMU itself.
+            shared["complete"] = (result, time.monotonic())
+            shared["stage"] = "quit"
             if proc.poll() is None:
                 if result.facts is None:
                     result.screendump = await _screendump(qmp, spec.workdir / "screen.png")
@@ -260,6 +266,7 @@ async def _drive(
         # After `quit` QEMU closes the socket under the client, which reports it on disconnect.
         qmp_log = logging.getLogger("qemu.qmp")
         level, qmp_log.level = qmp_log.level, logging.CRITICAL  # its "end-of-file" is expected
+        shared["stage"] = "disconnect"
         with contextlib.suppress(QMPError, EOFError, OSError):
             await qmp.disconnect()
         qmp_log.setLevel(level)
@@ -329,13 +336,43 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+# Once the facts and the bus calls are in, QEMU's end may take this long before the harness
+# stops it itself (a QMP exchange that never completes must not hold the report back).
+LET_GO_SECONDS = 30.0
+
+
 def boot(
     spec: MachineSpec,
     timeouts: Timeouts,
     while_running: WhileRunning | None = None,
     progress: Progress | None = None,
 ) -> BootResult:
-    return asyncio.run(_boot(spec, timeouts, while_running, progress))
+    """The boot, its QMP loop in a thread of its own: once the result is complete, a loop that
+    does not let go (seen after long bus calls, with no cause found yet) is left behind and
+    QEMU stopped here, so the report is always written."""
+    shared: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            shared["result"] = asyncio.run(_boot(spec, timeouts, while_running, progress, shared))
+        except BaseException as exc:  # handed back to the caller's thread
+            shared["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="boot-qmp", daemon=True).start()
+    while not done.wait(1.0):
+        complete = shared.get("complete")
+        if complete is not None and time.monotonic() - complete[1] > LET_GO_SECONDS:
+            result: BootResult = complete[0]
+            log.warning("QMP did not let go of QEMU (at %s); stopping it", shared.get("stage"))
+            _stop(shared["proc"])
+            result.phases["stopped"] = round(time.monotonic() - shared["started"], 1)
+            return result
+    if "error" in shared:
+        raise shared["error"]
+    return shared["result"]  # type: ignore[no-any-return]
 
 
 def console_tail(spec: MachineSpec, lines: int = 5, grep: Sequence[str] = ()) -> str:
