@@ -178,7 +178,7 @@ FAULTS: dict[str, Fault] = {
             "--datastore-source",
             "test-double:postgresql-broken",
             "--prepare-wait",
-            "120",
+            "60",
         ),
     ),
     # On the image with MariaDB in docker's store: no pull to wait for.
