@@ -333,17 +333,21 @@ def _call_agent(
     except (AssemblerError, ValueError, IndexError) as exc:
         detail = f"the taskmanager calls failed: {exc}"
         return {"rpc": {"ok": False, "detail": detail, "seconds": 0.0}}
-    if launch is not None and answers.get("prepare", {}).get("ok"):
+    prepare = answers.get("prepare")
+    if launch is not None and isinstance(prepare, dict) and prepare.get("ok"):
         answers["query"] = _query(launch)
     return answers
 
 
 def _query(launch: Launch) -> dict[str, Any]:
     begun = time.monotonic()
-    ok, detail = datastore.query_round_trip(
-        launch.manager, "127.0.0.1", launch.published.host_port, DB_USER, launch.password,
-        DB_NAME, QUERY_TIMEOUT,
-    )  # fmt: skip
+    try:
+        ok, detail = datastore.query_round_trip(
+            launch.manager, "127.0.0.1", launch.published.host_port, DB_USER, launch.password,
+            DB_NAME, QUERY_TIMEOUT,
+        )  # fmt: skip
+    except Exception as exc:  # the client library's own failure is the check's detail
+        ok, detail = False, f"the {launch.manager} client failed: {type(exc).__name__}: {exc}"
     return {"ok": ok, "detail": detail, "seconds": time.monotonic() - begun}
 
 
