@@ -761,12 +761,15 @@ def prepare_spec(
 
 def run_prepare_spec(url: str, guest_id: str, spec: dict[str, Any], since: float) -> dict[str, Any]:
     """prepare_database by a prepare_spec, then its query if it has one: answers by key."""
-    from assembler.boottest.datastore import query_round_trip
+    from assembler.boottest.datastore import prepare_kwargs, query_round_trip
 
     manager = str(spec.get("manager") or "")
+    # "build": prepare's arguments made here, from trove's own classes and templates, so the
+    # harness never imports trove (its import brings eventlet into the harness's process).
+    kwargs = dict(spec["prepare"]) if "prepare" in spec else prepare_kwargs(**spec["build"])
     answers: dict[str, Any] = {}
     answers["prepare"] = prepare = prepare_database(
-        url, guest_id, dict(spec["prepare"]), float(spec["deadline"]), since, manager
+        url, guest_id, kwargs, float(spec["deadline"]), since, manager
     )
     query = spec.get("query")
     if prepare["ok"] and query:

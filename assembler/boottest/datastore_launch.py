@@ -89,17 +89,33 @@ class Launch:
             ]
         return "\n".join(lines) + "\n"
 
-    def prepare_kwargs(self, memory_mb: int, instance_id: str) -> dict[str, Any]:
+    def prepare_args(self, memory_mb: int, instance_id: str) -> dict[str, Any]:
+        """datastore.prepare_kwargs' arguments: the child that casts prepare makes them into
+        prepare's (trove's classes and templates stay out of the harness's process)."""
         users = "prepare-without-user" not in self.opts.faults
-        return datastore.prepare_kwargs(
-            self.manager,
-            self.version,
-            memory_mb=memory_mb,
-            database=DB_NAME,
-            user=DB_USER if users else None,
-            password=self.password,
-            instance_id=instance_id,
-        )
+        return {
+            "manager": self.manager,
+            "version": self.version,
+            "memory_mb": memory_mb,
+            "database": DB_NAME,
+            "user": DB_USER if users else None,
+            "password": self.password,
+            "instance_id": instance_id,
+        }
+
+    def prepare_kwargs(self, memory_mb: int, instance_id: str) -> dict[str, Any]:
+        return datastore.prepare_kwargs(**self.prepare_args(memory_mb, instance_id))
+
+    def query_args(self, timeout: float) -> dict[str, Any]:
+        """What the child's query_round_trip takes: the host's end of the database's forward."""
+        return {
+            "host": "127.0.0.1",
+            "port": self.published.host_port,
+            "user": DB_USER,
+            "password": self.password,
+            "database": DB_NAME,
+            "timeout": timeout,
+        }
 
 
 def _registry_source(opts: DatastoreOptions, manager: str) -> Path:

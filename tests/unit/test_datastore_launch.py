@@ -126,3 +126,23 @@ def test_a_pushed_source_may_be_a_docker_archive(tmp_path: Path) -> None:
     image = read_image(standin_layout("postgresql-broken"))
     write_docker_archive(image, ["x/y:1"], archive)
     assert read_image(archive).config.digest == image.config.digest
+
+
+def test_the_harness_never_imports_trove() -> None:
+    """trove's import brings eventlet, whose patched threads hang the harness's own: prepare's
+    arguments are made in the child that casts it, from the plain ones the harness writes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib; from pathlib import Path\n"
+        "from assembler.boottest.harness import BootTestOptions, injected_files\n"
+        "from assembler.boottest.datastore_launch import open_launch, DatastoreOptions\n"
+        "with contextlib.ExitStack() as st:\n"
+        "    l = open_launch(DatastoreOptions('mariadb:10.11', use_registry=False), st)\n"
+        "    injected_files('g', 'u', BootTestOptions(image=Path('/x')), 'rabbit://a:b@c:1/', l)\n"
+        "    l.prepare_args(1024, 'g'); l.query_args(90)\n"
+        "print(sorted(m for m in ('trove', 'eventlet') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
