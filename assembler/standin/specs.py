@@ -72,6 +72,10 @@ chmod 1777 /var/lib/postgresql/data
 # a third of the image, which every guest pulls and unpacks under emulation.
 rm -f /usr/lib/postgresql/15/lib/llvmjit*.so /usr/lib/x86_64-linux-gnu/libLLVM-*.so*
 rm -rf /usr/lib/postgresql/15/lib/bitcode
+# ssl-cert's snake-oil key pair, made when the package was installed: the same private key in
+# every copy of the image (trove's config leaves ssl off), which the boot test's key scan finds
+# in the guest's docker store.
+rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
 """
 
 _MARIADB_SETUP = r"""set -eu
