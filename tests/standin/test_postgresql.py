@@ -53,7 +53,7 @@ def _agent_config(root: Path, port: int) -> None:
         f"data_directory = '{PGDATA}'\nhba_file = '/etc/postgresql/pg_hba.conf'\n"
     )
     (etc / "pg_hba.conf").write_text(
-        "local all postgres trust\nhost all postgres 127.0.0.1/32 md5\nhost all all 0.0.0.0/0 md5\n"
+        "local all postgres trust\nhost all postgres 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 md5\n"
     )
 
 
