@@ -253,6 +253,11 @@ class LayerCache:
                 total -= gone[1]
                 removed.append(gone[0])
         removed += self._remove_orphans()
+        outputs = self.root / "outputs"
+        if outputs.is_dir():
+            from assembler.outputs import OutputCache
+
+            removed += OutputCache(outputs).prune({e.ident for e in self.entries()})
         return removed
 
     def _remove_with_children(self, entry: Entry) -> list[tuple[str, int]]:
@@ -276,7 +281,7 @@ class LayerCache:
         whose overlay or parent is gone; each only while no build uses or builds its key."""
         removed = []
         for path in sorted(self.root.iterdir()):
-            if path.suffix == ".lock":
+            if path.suffix == ".lock" or path.is_dir():  # outputs/: pruned by OutputCache
                 continue
             key = path.name.lstrip(".").split(".")[0]
             with self._unused(key) as free:

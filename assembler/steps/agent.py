@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from assembler.agent.devkeys import KeyPair
-from assembler.agent.payload import AgentPayload
+from assembler.agent.payload import AgentPayload, prepare_agent
 from assembler.agent.venv import VENV_PREFIX, tar_tree
 from assembler.config import BuildConfig
+from assembler.facts import Facts, Prepared
 from assembler.guest import ids, sh, write
 from assembler.resources import render, resource
 from assembler.run import run
@@ -30,6 +31,12 @@ DEV_SCRIPTS = {"trove-dev-fetch": "/usr/local/sbin/trove-dev-fetch"}
 
 # Where the compressed venv waits in the guest while the guest's tar unpacks it.
 STAGED_TAR = "/var/tmp/assembler-agent.tar.zst"
+
+
+def prepare(cfg: BuildConfig, facts: Facts) -> Prepared:
+    """On the host, while the appliance starts: the venv laid out, to upload."""
+    payload = prepare_agent(cfg, facts.scratch, facts.wheelhouse)
+    return Prepared(facts={"payload": payload}, record={"agent": payload.manifest()})
 
 
 def install_venv(g: Any, cfg: BuildConfig, payload: AgentPayload) -> None:
@@ -117,8 +124,11 @@ def controller(g: Any, cfg: BuildConfig) -> None:
         g.chown(uid, gid, "/etc/trove/controller.conf")
 
 
-def dev_keys(g: Any, cfg: BuildConfig, pair: KeyPair) -> None:
+def dev_keys(g: Any, cfg: BuildConfig, dev_key: KeyPair | None) -> None:
     """The guest user's key pair for the controller, and its public half to log in with."""
+    if dev_key is None:
+        return  # a production image never holds a private key
+    pair = dev_key
     user = cfg.guest_username
     ssh = f"/home/{user}/.ssh"
     write(g, f"{ssh}/id_ed25519", pair.private, mode=0o600, owner=user)

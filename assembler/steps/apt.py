@@ -1,20 +1,22 @@
-"""apt inside the appliance: build-only sources, no service starts, no fsync; then clean up.
+"""apt inside the appliance: no service starts, no fsync, packages installed from the .debs the
+host resolved and fetched (assembler.hostapt); then clean up.
 
-The guest's own apt sources are never edited: the build points apt at its own list with
-Dir::Etc options, so a `--mirror` (or the distro archive) applies to the build only and the
-image keeps the sources it came with.
+The guest's own apt sources are never edited, and the appliance never reads an index: apt in
+the guest is given the .deb files themselves, so a `--mirror` (or the distro archive) applies
+to the build only and the image keeps the sources it came with.
 """
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Any
 
 from assembler.config import BuildConfig
-from assembler.distros import apt_sources
 from assembler.guest import sh, write
 
 WORK = "/var/tmp/assembler-apt"
+DEBS = f"{WORK}/debs"
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 UNSAFE_IO = "/etc/dpkg/dpkg.cfg.d/assembler-unsafe-io"
 
@@ -37,7 +39,8 @@ def apt_get(g: Any, step: str, args: str) -> str:
 
 
 def prepare(g: Any, cfg: BuildConfig) -> None:
-    write(g, f"{WORK}/sources.list", apt_sources(cfg.release, cfg.mirror))
+    # Empty: apt in the guest must never fetch anything (every .deb is given to it).
+    write(g, f"{WORK}/sources.list", "")
     g.mkdir_p(f"{WORK}/sources.list.d")
     # Maintainer scripts must not start daemons inside the appliance (no systemd runs there,
     # so invoke-rc.d would fall back to init scripts and start dockerd in the appliance).
@@ -46,14 +49,19 @@ def prepare(g: Any, cfg: BuildConfig) -> None:
     write(g, POLICY_RC_D, "#!/bin/sh\nexit 101\n", mode=0o755)
     # The disk is a throwaway overlay until the build succeeds: fsync buys nothing.
     write(g, UNSAFE_IO, "force-unsafe-io\n")
-    # --error-on=any: a source that cannot be fetched is an error, not a warning, or the
-    # failure would surface later as "package has no installation candidate".
-    apt_get(g, "apt-prepare", "update --error-on=any")
 
 
-def install(g: Any, packages: list[str] | tuple[str, ...], step: str) -> None:
-    """One apt transaction for all of `packages`, without recommends."""
-    apt_get(g, step, "install --no-install-recommends " + shlex.join(packages))
+def install_debs(g: Any, debs: list[tuple[Path, str]], step: str) -> None:
+    """One apt transaction over the given .deb files ([(host path, file name)]): apt orders
+    the unpacks and configures (Pre-Depends) as for packages from an archive."""
+    if not debs:
+        return
+    g.mkdir_p(DEBS)
+    for host_path, name in debs:
+        g.upload(str(host_path), f"{DEBS}/{name}")
+    paths = [f"{DEBS}/{name}" for _, name in debs]
+    apt_get(g, step, "install --no-install-recommends " + shlex.join(paths))
+    g.rm_rf(DEBS)
 
 
 def cleanup(g: Any, cfg: BuildConfig) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from assembler.config import BuildConfig, EmbedMode
-from assembler.embed import GUEST_DIR
+from assembler.embed import GUEST_DIR, write_archives
 from assembler.errors import BuildError
+from assembler.facts import Facts, Prepared
 
 STAGING = "/var/tmp/trove-image-assembler-images"
 
@@ -63,14 +64,19 @@ DAEMON_LEFTOVERS = (
 )
 
 
-def upload(g: Any, cfg: BuildConfig, archives: list[tuple[Path, str]]) -> None:
+def prepare(cfg: BuildConfig, facts: Facts) -> Prepared:
+    """On the host, while the appliance starts: each image as a `docker save` archive."""
+    return Prepared(facts={"archives": tuple(write_archives(list(facts.embedded), facts.scratch))})
+
+
+def upload(g: Any, cfg: BuildConfig, archives: tuple[tuple[Path, str], ...]) -> None:
     if cfg.embed_mode is EmbedMode.FIRST_BOOT:
         _lay_for_first_boot(g, archives)
     else:
         _load_into_store(g, archives)
 
 
-def _lay_for_first_boot(g: Any, archives: list[tuple[Path, str]]) -> None:
+def _lay_for_first_boot(g: Any, archives: tuple[tuple[Path, str], ...]) -> None:
     g.mkdir_p(GUEST_DIR)
     g.chmod(0o700, GUEST_DIR)  # root's, as docker's own store is
     for host_path, name in archives:
@@ -79,7 +85,7 @@ def _lay_for_first_boot(g: Any, archives: list[tuple[Path, str]]) -> None:
         g.chmod(0o600, dest)
 
 
-def _load_into_store(g: Any, archives: list[tuple[Path, str]]) -> None:
+def _load_into_store(g: Any, archives: tuple[tuple[Path, str], ...]) -> None:
     existed = g.exists("/etc/docker/key.json")
     g.mkdir_p(STAGING)
     for host_path, name in archives:

@@ -26,9 +26,16 @@ def find_root(g: Any) -> str:
     return str(roots[0])
 
 
-def grow_root(g: Any, cfg: BuildConfig) -> None:
-    """Move the GPT backup to the new end of the disk and grow the last (root) partition."""
+def inspect(g: Any, cfg: BuildConfig, base_facts: Any) -> dict[str, Any]:
+    """The root device and mountpoints: from the base's cached facts, or by inspection."""
+    if base_facts is not None:
+        return {"root": base_facts.root, "mounts": dict(base_facts.mounts)}
     root = find_root(g)
+    return {"root": root, "mounts": dict(g.inspect_get_mountpoints(root))}
+
+
+def grow_root(g: Any, cfg: BuildConfig, root: str) -> None:
+    """Move the GPT backup to the new end of the disk and grow the last (root) partition."""
     try:
         disk, partnum = g.part_to_dev(root), g.part_to_partnum(root)
     except RuntimeError as exc:
@@ -53,15 +60,6 @@ def grow_root(g: Any, cfg: BuildConfig) -> None:
     g.part_resize(disk, partnum, end)
     g.e2fsck_f(root)
     g.resize2fs(root)
-
-
-def mountpoints(g: Any) -> dict[str, str]:
-    """{mountpoint: device} of the guest, recorded by the first layer for the ones above it."""
-    return dict(g.inspect_get_mountpoints(find_root(g)))
-
-
-def mount_root(g: Any, cfg: BuildConfig) -> None:
-    mount(g, cfg, mountpoints(g))
 
 
 def mount(g: Any, cfg: BuildConfig, mounts: dict[str, str]) -> None:

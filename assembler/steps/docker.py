@@ -10,16 +10,19 @@ from assembler.distros import Release
 from assembler.errors import BuildError
 from assembler.guest import sh, write
 from assembler.packages import DOCKER
-from assembler.steps import apt
 
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
+# Where the host's apt finds the same key (its trusted parts, see assembler.hostapt).
+HOST_KEYRING = ""
 DOCKER_LIST = "/etc/apt/sources.list.d/docker.list"
 
 
-def docker_ce_source(release: Release, arch: str = "amd64") -> str:
-    """The apt source line for Docker's repository, pinned to its own signing key."""
+def docker_ce_source(release: Release, arch: str = "amd64", keyring: str = DOCKER_KEYRING) -> str:
+    """The apt source line for Docker's repository, pinned to its own signing key (the host's
+    apt, given no keyring, trusts it through its trusted parts instead)."""
     repo = release.distro.docker_ce_repo
-    return f"deb [arch={arch} signed-by={DOCKER_KEYRING}] {repo} {release.codename} stable\n"
+    signed = f" signed-by={keyring}" if keyring else ""
+    return f"deb [arch={arch}{signed}] {repo} {release.codename} stable\n"
 
 
 def fetch_docker_key(release: Release, timeout: float = 30.0) -> bytes:
@@ -36,15 +39,12 @@ def fetch_docker_key(release: Release, timeout: float = 30.0) -> bytes:
 
 
 def add_docker_repo(g: Any, cfg: BuildConfig) -> None:
-    """Docker's repository goes into the guest for good (its updates come from there) and into
-    the build's own source list."""
+    """Docker's repository goes into the guest for good: its updates come from there. (The
+    build's packages come from the host, which adds the same source to its own list.)"""
     if not DOCKER[cfg.docker_source].needs_docker_repo:
         return
     write(g, DOCKER_KEYRING, fetch_docker_key(cfg.release))
-    line = docker_ce_source(cfg.release)
-    write(g, DOCKER_LIST, line)
-    write(g, f"{apt.WORK}/sources.list.d/docker.list", line)
-    apt.apt_get(g, "docker", "update --error-on=any")
+    write(g, DOCKER_LIST, docker_ce_source(cfg.release))
 
 
 def enable(g: Any, cfg: BuildConfig) -> None:

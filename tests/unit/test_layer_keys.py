@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from assembler import build
+from assembler import build, codeid, stack
 from assembler.agent.devkeys import KeyPair
 from assembler.agent.wheelhouse import Wheel, Wheelhouse
 from assembler.config import BuildConfig, BuildOptions, make_config
+from assembler.facts import Facts
 from assembler.layers import layer_key
 
 
@@ -48,10 +49,10 @@ def keys(
 ) -> tuple[str, str, str]:
     """(system, config, agent) keys over one base, each layer on the one below, as a build
     chains them (a parent is named by its key and generation)."""
-    system = layer_key("system", "base-sha", build.system_inputs(cfg))
-    config = layer_key("config", f"{system}.1", build.config_inputs(cfg))
-    inputs = build.agent_inputs(cfg, house or wheelhouse(), dev_key)
-    return system, config, layer_key("agent", f"{config}.1", inputs)
+    facts = Facts(wheelhouse=house or wheelhouse(), dev_key=dev_key)
+    system = layer_key("system", "base-sha", build.SYSTEM.key_inputs(cfg, facts))
+    config = layer_key("config", f"{system}.1", build.CONFIG.key_inputs(cfg, facts))
+    return system, config, layer_key("agent", f"{config}.1", build.AGENT.key_inputs(cfg, facts))
 
 
 REFERENCE = config(dev_mode=False)
@@ -128,8 +129,8 @@ def test_the_same_root_password_is_the_same_key_though_its_hash_is_salted_anew()
     assert keys(one) == keys(two)
     assert keys(config({"TROVE_ROOT_PASSWORD": "secret-2"}, dev_mode=False)) != keys(one)
     # Neither the password nor its crypt hash is written into the cache's entry.
-    assert "secret-1" not in str(build.config_inputs(one))
-    assert str(one.root_password_hash) not in str(build.config_inputs(one))
+    assert "secret-1" not in str(build.config_inputs(one, Facts()))
+    assert str(one.root_password_hash) not in str(build.config_inputs(one, Facts()))
 
 
 def test_a_dev_key_is_part_of_the_guest_layer() -> None:
@@ -140,29 +141,92 @@ def test_a_dev_key_is_part_of_the_guest_layer() -> None:
     assert keys(dev, dev_key=a) == keys(dev, dev_key=KeyPair(a.private, a.public))
 
 
-def test_a_change_to_a_layer_s_code_or_files_rebuilds_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """The step code and the files copied into the image are inputs too."""
+@pytest.fixture
+def code_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A copy of the package the digests read instead of the real one: edits stay here."""
     copy = tmp_path / "assembler"
-    shutil.copytree(build.ASSEMBLER, copy)
-    monkeypatch.setattr(build, "ASSEMBLER", copy)
+    shutil.copytree(codeid.ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codeid, "ROOT", copy)
+    return copy
+
+
+def edit(path: Path) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + "\n# changed\n", encoding="utf-8")
+
+
+# (module edited) -> which of (system, config, agent) keys change. Every layer above a changed
+# one changes with it (its parent's key is in its own).
+CODE_EDITS = {
+    "steps/agent.py": (False, False, True),
+    "agent/venv.py": (False, False, True),  # imported by the agent step's module only
+    "boottest/guest_facts.py": (False, False, True),  # the key detector the strip uses
+    "steps/hygiene.py": (False, True, True),
+    "steps/user.py": (False, True, True),
+    "steps/apt.py": (True, True, True),
+    "hostapt.py": (True, True, True),  # imported by the packages step's module
+    "debrepack.py": (True, True, True),
+    "guest.py": (True, True, True),  # every step runs through it
+    # Neither the CLI, the errors' wording, config parsing nor the runner shapes an image.
+    "cli.py": (False, False, False),
+    "errors.py": (False, False, False),
+    "config.py": (False, False, False),
+    "build.py": (False, False, False),
+    "stack.py": (False, False, False),
+    "boottest/harness.py": (False, False, False),
+}
+
+
+@pytest.mark.parametrize("module", sorted(CODE_EDITS))
+def test_editing_a_module_renews_the_layers_that_run_it(code_copy: Path, module: str) -> None:
     ref = keys(REFERENCE)
-    (copy / "steps" / "agent.py").write_text("# changed\n", encoding="utf-8")
+    edit(code_copy / module)
     changed = keys(REFERENCE)
-    assert changed[:2] == ref[:2] and changed[2] != ref[2]
-    (copy / "steps" / "hygiene.py").write_text("# changed\n", encoding="utf-8")
+    assert tuple(a != b for a, b in zip(changed, ref, strict=True)) == CODE_EDITS[module]
+
+
+def test_a_new_module_a_step_imports_becomes_part_of_its_layer(code_copy: Path) -> None:
+    """No list to keep: a module a step starts importing counts from then on."""
+    (code_copy / "helper_new.py").write_text("VALUE = 1\n", encoding="utf-8")
+    ref = keys(REFERENCE)
+    edit(code_copy / "helper_new.py")
+    assert keys(REFERENCE) == ref  # nothing imports it yet
+    step = code_copy / "steps" / "trove.py"
+    step.write_text("from assembler import helper_new  # noqa\n" + step.read_text())
+    ref = keys(REFERENCE)
+    assert "assembler.helper_new" in build.CONFIG.modules()
+    edit(code_copy / "helper_new.py")
     changed = keys(REFERENCE)
     assert changed[0] == ref[0] and changed[1] != ref[1]
-    (copy / "steps" / "apt.py").write_text("# changed\n", encoding="utf-8")
-    assert keys(REFERENCE)[0] != ref[0]
-    # A unit file the agent step copies into the image.
+
+
+def test_reordering_a_layer_s_steps_renews_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = keys(REFERENCE)
+    steps = build.CONFIG.steps
+    monkeypatch.setattr(
+        build, "CONFIG", replace(build.CONFIG, steps=(steps[1], steps[0], *steps[2:]))
+    )
+    changed = keys(REFERENCE)
+    assert changed[0] == ref[0] and changed[1] != ref[1]
+
+
+def test_every_layer_s_code_comes_from_its_steps_imports() -> None:
+    for layer in build.LAYERS:
+        modules = layer.modules()
+        for _, step in layer.steps:
+            assert codeid.module_of(step) in modules
+        assert not set(modules) & set(codeid.NEUTRAL)
+        assert "assembler.build" not in modules and "assembler.stack" not in modules
+
+
+def test_a_file_the_agent_step_copies_is_part_of_its_code(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     before = keys(REFERENCE)
-    real = build.resource_files
+    real = stack.resource_files
     extra = tmp_path / "another.service"
     extra.write_text("[Unit]\n")
     monkeypatch.setattr(
-        build, "resource_files", lambda d: [*real(d), extra] if d == "overlays/agent" else real(d)
+        stack, "resource_files", lambda d: [*real(d), extra] if d == "overlays/agent" else real(d)
     )
     after = keys(REFERENCE)
     assert after[:2] == before[:2] and after[2] != before[2]
