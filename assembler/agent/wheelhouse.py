@@ -1,17 +1,22 @@
 """The guest agent's wheelhouse: every wheel it needs, for the guest's Python, fetched on the host.
 
 pip inside the guest or the appliance can never reach an index, and Python under emulation is
-slow, so all packaging work happens here: `pip download --only-binary=:all:` with the guest's
-Python version, ABI and manylinux platforms (up to the guest's glibc). Two things pip does not do
-for a foreign target are done here:
+slow, so all packaging work happens here. uv resolves the agent's requirements for the guest
+(`uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_36 --only-binary
+:all:`), environment markers evaluated for that Python and platform; pip would evaluate them for
+the Python it runs on (pypa/pip#6117, #11010). Its lock (PEP 751 pylock.toml) lists, for each
+pinned version, the wheels that fit the guest with their URLs and sha256. The one pip would
+install (the guest's most specific tag) is fetched, several at a time, and kept only when its
+sha256 is the one the index published.
 
-- pip evaluates environment markers (`tomli; python_version < "3.11"`) against the Python it
-  runs on, not `--python-version` (pypa/pip#6117, #11010). The constraints file is filtered for
-  the guest's markers before pip reads it, and after each download the dependency closure is
-  walked again with the guest's markers: requirements pip skipped are added as top-level
-  requirements for another round, and wheels only the host's markers wanted are dropped.
-- a dependency published only as an sdist is built into a wheel here, and accepted only when
-  it comes out pure Python (py3-none-any); a compiled one would be for the host's Python.
+A dependency published only as an sdist is built into a wheel here, and accepted only when it
+comes out pure Python (py3-none-any): a compiled one would be for the host's Python. uv is then
+asked again with that wheel among its --find-links. pip only builds wheels here (that, and the
+agent from a local source).
+
+uv reads its own configuration, not pip's: a mirror is UV_DEFAULT_INDEX (or uv.toml), a proxy
+HTTPS_PROXY, a private CA SSL_CERT_FILE. The wheels are fetched as the base image is (requests:
+HTTPS_PROXY, REQUESTS_CA_BUNDLE).
 
 The result is cached under cache_dir()/wheelhouses/<key>, the key a hash of every input: agent
 version (or the source's content hash), constraints content, guest Python, glibc and arch.
@@ -27,14 +32,20 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
+import tomllib
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
+import requests
+from packaging import tags
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import (
@@ -44,9 +55,19 @@ from packaging.utils import (
 )
 from packaging.version import Version
 
+from assembler import cancel
 from assembler.agent import versions
 from assembler.distros import Release
-from assembler.download import fetch_small, hash_file, locked, make_session
+from assembler.download import (
+    Progress,
+    download,
+    fetch_small,
+    hash_file,
+    host_of,
+    locked,
+    make_session,
+    part_path,
+)
 from assembler.errors import AssemblerError, BuildError, CommandError, DownloadError, UsageError
 from assembler.paths import cache_dir
 from assembler.run import run
@@ -58,8 +79,9 @@ STEP = "agent-wheelhouse"
 # Bumped when the layout or the way a wheelhouse is made changes, so old entries are not reused.
 FORMAT = 1
 INDEX_FILE = "wheelhouse.json"
-# pip rounds for markers pip evaluated for the host, and sdist-only dependencies built here.
-MAX_ROUNDS = 6
+# Wheels fetched at once: most of the ~130 are under 1 MiB, so each costs its round trips more
+# than its bytes; the index's CDN serves that many in parallel without complaint.
+FETCH_WORKERS = 8
 
 # PEP 513/571/599 names of manylinux_2_{5,12,17}; pip does not derive them from PEP 600 names.
 LEGACY_MANYLINUX: tuple[tuple[str, int], ...] = (
@@ -159,15 +181,36 @@ class WheelhouseSpec:
         return "cp" + self.python.replace(".", "")
 
 
-def manylinux_platforms(glibc: str, arch: str) -> tuple[str, ...]:
-    """Every manylinux tag a guest with this glibc runs, newest first (pip prefers earlier)."""
+def _glibc_minor(glibc: str) -> int:
     major, _, minor_text = glibc.partition(".")
     if major != "2" or not minor_text.isdigit():
         raise UsageError(f"glibc {glibc} is not a 2.X version")
-    minor = int(minor_text)
-    tags = [f"manylinux_2_{m}_{arch}" for m in range(minor, OLDEST_MANYLINUX_GLIBC_MINOR - 1, -1)]
-    tags += [f"{alias}_{arch}" for alias, m in LEGACY_MANYLINUX if m <= minor]
-    return tuple(tags)
+    return int(minor_text)
+
+
+def manylinux_platforms(glibc: str, arch: str) -> tuple[str, ...]:
+    """Every manylinux tag a guest with this glibc runs, newest first (pip prefers earlier)."""
+    minor = _glibc_minor(glibc)
+    names = [f"manylinux_2_{m}_{arch}" for m in range(minor, OLDEST_MANYLINUX_GLIBC_MINOR - 1, -1)]
+    names += [f"{alias}_{arch}" for alias, m in LEGACY_MANYLINUX if m <= minor]
+    return tuple(names)
+
+
+def uv_platform(glibc: str, arch: str) -> str:
+    """uv's --python-platform for the guest: its newest manylinux, which admits the older ones."""
+    return f"{arch}-manylinux_2_{_glibc_minor(glibc)}"
+
+
+def supported_tags(spec: WheelhouseSpec) -> list[tags.Tag]:
+    """The tags a wheel for the guest may carry, most specific first: the order pip ranks them
+    in for `--python-version --implementation cp --abi --platform`, as packaging derives it."""
+    major, _, minor = spec.python.partition(".")
+    version = (int(major), int(minor))
+    platforms = list(manylinux_platforms(spec.glibc, spec.arch))
+    return [
+        *tags.cpython_tags(version, [spec.abi], platforms),
+        *tags.compatible_tags(version, spec.abi, platforms),
+    ]
 
 
 def target_environment(python: str, arch: str) -> dict[str, str]:
@@ -191,10 +234,8 @@ def target_environment(python: str, arch: str) -> dict[str, str]:
     return env
 
 
-def _applies(req: Requirement, env: Mapping[str, str], extras: Iterable[str] = ()) -> bool:
-    if req.marker is None:
-        return True
-    return any(req.marker.evaluate({**env, "extra": e}) for e in ("", *extras))
+def _applies(req: Requirement, env: Mapping[str, str]) -> bool:
+    return req.marker is None or req.marker.evaluate({**env, "extra": ""})
 
 
 def _unmarked(req: Requirement) -> str:
@@ -417,7 +458,8 @@ _LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[\d:,.]+ ", re.MULTILINE)
 
 
 def _run_pip(work: Path, command: str, *args: str | Path, timeout: float = 1800) -> None:
-    """The host's pip with the operator's configuration (index URL, proxy, CA bundle).
+    """The host's pip with the operator's configuration (index URL, proxy, CA bundle): it only
+    builds wheels here (the local agent's, sdist-only dependencies).
 
     pip prints why a resolution failed (the requirements in conflict) on stdout, which
     CommandError does not carry, so its --log is kept and read when it fails.
@@ -457,26 +499,201 @@ def _pip_reason(stderr: str, said: str) -> str:
     return reason
 
 
-def _target_args(spec: WheelhouseSpec) -> list[str]:
-    args = [
-        "--only-binary=:all:",
+# ----- resolving with uv --------------------------------------------------------------------
+
+
+def uv_binary() -> str:
+    """The uv that the `uv` package installed beside this Python, else one on PATH."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):  # not in this environment: a distro's, say
+        found = shutil.which("uv")
+    if found is None:
+        raise UsageError("uv is not installed; run `make setup`")
+    return found
+
+
+class _UvFailed(Exception):
+    """uv found no resolution; `said` is its stderr, `reason` that as one line."""
+
+    def __init__(self, said: str) -> None:
+        self.said = said
+        self.reason = uv_reason(said)
+        super().__init__(self.reason)
+
+
+def uv_reason(said: str) -> str:
+    """uv's error with its causes on one line (it spreads them over indented lines), without
+    the hints that follow."""
+    text = said.split("\nhint:")[0]
+    start = text.find("error:")
+    if start < 0:
+        tail = said.strip().splitlines()
+        return tail[-1].strip() if tail else "uv failed without a message"
+    return " ".join(text[start + len("error:") :].split()).replace(" cause: ", ": ")
+
+
+# What uv says when building from source would be needed (a hint naming the project), and which
+# versions lack a wheel (`docopt==0.6.1 has`, `all versions of docopt have`).
+_NEEDS_BUILD = re.compile(r"Wheels are required for `([^`]+)`")
+_NO_WHEELS = re.compile(r"(\S+) (?:has|have) no usable wheels")
+
+
+def lacking_wheel(said: str) -> Requirement | None:
+    """The requirement uv found no wheel for, with the versions it named when it did, or None
+    when it failed for another reason."""
+    named = _NEEDS_BUILD.search(said)
+    if named is None:
+        return None
+    name = canonicalize_name(named.group(1))
+    for text in _NO_WHEELS.findall(said):
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if canonicalize_name(req.name) == name:
+            return req
+    return Requirement(name)
+
+
+def _compile(
+    spec: WheelhouseSpec,
+    requirements: Path,
+    constraints: Path | None,
+    find_links: Path,
+    work: Path,
+) -> dict[str, Any]:
+    """The pylock.toml of one `uv pip compile` for the guest, parsed."""
+    lock = work / "pylock.toml"
+    argv: list[str | Path] = [
+        uv_binary(), "pip", "compile", "--quiet",
+        # This interpreter, never one uv would download: with --only-binary nothing runs it.
+        "--python", sys.executable,
         "--python-version", spec.python,
-        "--implementation", "cp",
-        "--abi", spec.abi,
+        "--python-platform", uv_platform(spec.glibc, spec.arch),
+        "--only-binary", ":all:",
+        "--find-links", find_links,
+        "--format", "pylock.toml", "-o", lock,
     ]  # fmt: skip
-    for tag in manylinux_platforms(spec.glibc, spec.arch):
-        args += ["--platform", tag]
-    return args
+    if constraints is not None:
+        argv += ["-c", constraints]
+    argv.append(requirements)
+    try:
+        # From the scratch directory: uv would read a [tool.uv] table of the current one.
+        run(argv, cwd=work, timeout=1800)
+    except CommandError as exc:
+        raise _UvFailed(exc.stderr) from exc
+    with lock.open("rb") as f:
+        return tomllib.load(f)
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """One wheel of the lock to fetch, and the sha256 the index published for it."""
+
+    name: str  # canonical project name
+    filename: str
+    url: str  # http(s) or file
+    sha256: str
+
+
+def pick_wheels(lock: Mapping[str, Any], spec: WheelhouseSpec, lock_dir: Path) -> list[_Pick]:
+    """For each locked package, the wheel pip would install on the guest: the one whose best
+    tag comes first in the guest's supported tags (the lock lists every wheel that fits)."""
+    rank = {tag: i for i, tag in enumerate(supported_tags(spec))}
+    where = f"CPython {spec.python} manylinux (glibc <= {spec.glibc}) {spec.arch}"
+    picks = []
+    for package in lock.get("packages", []):
+        name = canonicalize_name(package["name"])
+        files = package.get("wheels") or ([package["archive"]] if "archive" in package else [])
+        best: tuple[int, str, str, Mapping[str, Any]] | None = None
+        for file in files:
+            location = file.get("url") or (lock_dir / file["path"]).resolve().as_uri()
+            filename = PurePosixPath(urlsplit(location).path).name
+            try:
+                _, _, _, wheel_tags = parse_wheel_filename(filename)
+            except InvalidWheelFilename:
+                continue  # an sdist given as an archive
+            fit = min((rank[t] for t in wheel_tags if t in rank), default=None)
+            if fit is not None and (best is None or fit < best[0]):
+                best = (fit, location, filename, file)
+        if best is None:
+            raise BuildError(
+                STEP, f"uv locked {name} {package.get('version')} with no wheel for {where}"
+            )
+        _, location, filename, file = best
+        sha256 = file.get("hashes", {}).get("sha256")
+        if not sha256:  # nothing unverified enters the wheelhouse
+            raise BuildError(STEP, f"the index published no sha256 for {filename}")
+        picks.append(_Pick(name, filename, location, sha256))
+    return picks
+
+
+class _Quiet(Progress):
+    """No bar or log lines per wheel: they are fetched several at once, and summed up after."""
+
+    def start(self, total: int | None, done: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def fetch_wheels(picks: Sequence[_Pick], out: Path) -> None:
+    """Every pick into `out`, FETCH_WORKERS at a time, each kept only if its sha256 matches."""
+    local = threading.local()
+
+    def fetch(pick: _Pick) -> None:
+        cancel.check()  # an interrupted build starts no more downloads
+        session: requests.Session | None = getattr(local, "session", None)
+        if session is None:  # one per thread: a Session's connection pool is not shared safely
+            session = local.session = make_session()
+        _fetch(session, pick, out)
+
+    with ThreadPoolExecutor(FETCH_WORKERS) as pool:
+        list(pool.map(fetch, picks))  # raises the first failure
+
+
+def _fetch(session: requests.Session, pick: _Pick, out: Path) -> None:
+    dest = out / pick.filename
+    part = part_path(dest)
+    parts = urlsplit(pick.url)
+    if parts.scheme == "file":  # a --find-links wheel built here, or a local index's
+        try:
+            shutil.copyfile(url2pathname(parts.path), part)
+        except OSError as exc:
+            raise BuildError(STEP, f"cannot read {pick.url}: {exc.strerror or exc}") from exc
+    else:
+        download(session, pick.url, part, progress=_Quiet(pick.filename))
+    digest = hash_file(part, HashAlgo.SHA256)
+    if digest != pick.sha256:
+        part.unlink()
+        raise BuildError(
+            STEP,
+            f"{pick.filename} from {host_of(pick.url)} has sha256 {digest}, "
+            f"not {pick.sha256} as its index published",
+        )
+    os.replace(part, dest)
+
+
+# ----- the agent's wheels -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Dist:
-    """A downloaded wheel as the closure walk needs it."""
+    """A wheel's name, version and Requires-Python, from its file name and METADATA."""
 
     path: Path
     name: str
     version: Version
-    requires: tuple[Requirement, ...]
     requires_python: str | None
 
 
@@ -492,160 +709,64 @@ def read_dist(path: Path) -> _Dist:
         if len(metadata) != 1:
             raise BuildError(STEP, f"{path.name} has no single .dist-info/METADATA")
         msg = email.parser.BytesParser().parsebytes(zf.read(metadata[0]), headersonly=True)
-    requires = []
-    for text in msg.get_all("Requires-Dist") or []:
-        try:
-            requires.append(Requirement(text))
-        except InvalidRequirement as exc:
-            raise BuildError(STEP, f"{path.name} requires {text!r}: {exc}") from exc
-    return _Dist(path, name, version, tuple(requires), msg.get("Requires-Python"))
-
-
-def walk_closure(
-    dists: Mapping[str, _Dist], roots: Iterable[Requirement], env: Mapping[str, str]
-) -> tuple[set[str], list[Requirement]]:
-    """(names reached from roots with the guest's markers, requirements no wheel satisfies)."""
-    reached: set[str] = set()
-    missing: list[Requirement] = []
-    seen: set[tuple[str, frozenset[str]]] = set()
-    todo = list(roots)
-    while todo:
-        req = todo.pop()
-        name = canonicalize_name(req.name)
-        dist = dists.get(name)
-        if dist is None or not req.specifier.contains(dist.version, prereleases=True):
-            missing.append(req)
-            continue
-        extras = frozenset(canonicalize_name(e) for e in req.extras)
-        if (name, extras) in seen:
-            continue
-        seen.add((name, extras))
-        reached.add(name)
-        todo.extend(dep for dep in dist.requires if _applies(dep, env, extras))
-    return reached, missing
+    return _Dist(path, name, version, msg.get("Requires-Python"))
 
 
 def _download_all(
     spec: WheelhouseSpec, constraints_text: str | None, work: Path, out: Path
 ) -> _Dist:
     """Fill `out` with the guest's wheels; return the agent's."""
-    env = target_environment(spec.python, spec.arch)
-    common: list[str | Path] = []
+    constraints: Path | None = None
+    common: list[str | Path] = []  # for pip, when it fetches an sdist
     if constraints_text is not None:
         constraints = work / "constraints.txt"
+        # uv evaluates markers for the guest itself; pip, for the sdists, would not.
+        env = target_environment(spec.python, spec.arch)
         constraints.write_text(constraints_for_target(constraints_text, env))
         common += ["-c", constraints]
     built = work / "built"  # wheels made here: the agent's, pure-Python sdist-only ones
     built.mkdir()
-    common += ["--find-links", built]
 
     if isinstance(spec.agent, PypiAgent):
         versions.check_agent_version(spec.agent.version, spec.python)
-        root_arg: str | Path = f"{versions.AGENT_PROJECT}=={spec.agent.version}"
-        root = Requirement(str(root_arg))
+        agent_name = versions.AGENT_PROJECT
+        root = f"{agent_name}=={spec.agent.version}"
     else:
         local = _build_local_agent(spec, work, built)
-        root_arg, root = local.path, Requirement(f"{local.name}=={local.version}")
+        agent_name = local.name
+        # By file, not by name==version: a checkout at a release tag is also that release on
+        # the index, and uv could take either.
+        root = f"{local.name} @ {local.path.as_uri()}"
+    requirements = work / "requirements.in"
+    requirements.write_text("\n".join([root, *spec.tools]) + "\n")
 
-    extra: list[str] = []
-    for attempt in range(1, MAX_ROUNDS + 1):
-        dest = work / f"round-{attempt}"
-        _pip_download(spec, [root_arg, *spec.tools, *extra], common, dest, work, built)
-        dists = {d.name: d for d in map(read_dist, dest.glob("*.whl"))}
-        reached, missing = walk_closure(dists, [root, *map(Requirement, spec.tools)], env)
-        if not missing:
+    built_for: set[str] = set()
+    while True:
+        try:
+            lock = _compile(spec, requirements, constraints, built, work)
             break
-        wanted = sorted({_unmarked(r) for r in missing} - set(extra))
-        if not wanted:
-            names = ", ".join(sorted({str(r) for r in missing}))
-            raise BuildError(STEP, f"pip did not resolve {names} for CPython {spec.python}")
-        log.info("adding requirements pip skipped for the host's markers: %s", ", ".join(wanted))
-        extra += wanted
-    else:
-        raise BuildError(STEP, f"no complete set of wheels after {MAX_ROUNDS} rounds")
+        except _UvFailed as failed:
+            lacking = lacking_wheel(failed.said)
+            if lacking is None or canonicalize_name(lacking.name) in built_for:
+                raise BuildError(
+                    STEP, f"no set of wheels for CPython {spec.python}: {failed.reason}"
+                ) from failed
+            built_for.add(canonicalize_name(lacking.name))
+            _build_from_sdist(spec, str(lacking), common, work, built)
 
-    for name, dist in dists.items():
-        if name in reached:
-            shutil.copy2(dist.path, out / dist.path.name)
-        else:
-            log.info("leaving out %s: only the host's Python needs it", dist.path.name)
-    agent = dists[canonicalize_name(root.name)]
+    picks = pick_wheels(lock, spec, work)
+    agent_pick = next((p for p in picks if p.name == canonicalize_name(agent_name)), None)
+    if agent_pick is None:
+        raise BuildError(STEP, f"uv's resolution has no {agent_name}")
+    started = time.monotonic()
+    fetch_wheels(picks, out)
+    log.info("fetched %d wheels in %.1f s", len(picks), time.monotonic() - started)
+    agent = read_dist(out / agent_pick.filename)
     if isinstance(spec.agent, PypiAgent):
         versions.remember_requires_python(
             versions.AGENT_PROJECT, {spec.agent.version: agent.requires_python}
         )
     return agent
-
-
-# What pip says when no binary wheel fits: plainly, or (when a constraint pins the version) as a
-# conflict naming the requirements involved.
-_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
-_CONFLICT = re.compile(r"(?:depends on|The user requested(?: \(constraint\))?) (\S+)")
-
-
-def _suspects(said: str) -> tuple[list[Requirement], bool]:
-    """(requirements that may lack a binary wheel, whether pip said so for certain)."""
-    match = _NO_MATCH.search(said)
-    texts, certain = ([match.group(1)], True) if match else (_CONFLICT.findall(said), False)
-    merged: dict[str, Requirement] = {}
-    for text in texts:
-        try:
-            req = Requirement(text)
-        except InvalidRequirement:
-            continue
-        name = canonicalize_name(req.name)
-        if name in merged:  # one requirement with every bound pip named: docopt>=0.6,===0.6.1
-            merged[name].specifier &= req.specifier
-        else:
-            req.marker = None
-            merged[name] = req
-    return list(merged.values()), certain
-
-
-def _pip_download(
-    spec: WheelhouseSpec,
-    requirements: list[str | Path],
-    common: list[str | Path],
-    dest: Path,
-    work: Path,
-    built: Path,
-) -> None:
-    """One `pip download` of binary wheels for the guest; a requirement that has no such wheel
-    is built from its sdist (pure Python only) and the download tried again."""
-    tried: set[str] = set()
-    while True:
-        try:
-            _run_pip(work, "download", "-d", dest, *_target_args(spec), *common, *requirements)
-            return
-        except _PipFailed as failed:
-            suspects, certain = _suspects(failed.said)
-            fixed = False
-            for req in suspects:
-                name = canonicalize_name(req.name)
-                if name in tried or (not certain and _has_wheel(spec, str(req), common, work)):
-                    continue
-                tried.add(name)
-                _build_from_sdist(spec, str(req), common, work, built)
-                fixed = True
-            if not fixed:
-                raise BuildError(STEP, f"pip download failed: {failed.reason}") from failed
-
-
-def _has_wheel(
-    spec: WheelhouseSpec, requirement: str, common: list[str | Path], work: Path
-) -> bool:
-    """Whether one requirement, alone, has a binary wheel for the guest (a conflict pip
-    reports may be a real one, not a missing wheel)."""
-    probe = work / "probe"
-    try:
-        _run_pip(
-            work, "download", "--no-deps", "-d", probe, *_target_args(spec), *common, requirement
-        )
-    except _PipFailed:
-        return False
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-    return True
 
 
 def _build_from_sdist(

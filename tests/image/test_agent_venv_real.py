@@ -1,8 +1,8 @@
 """The real agent environment: trove's wheelhouse downloaded from PyPI, the venv laid out on the
 host and run where the host's Python is the guest's (bookworm's 3.11 here).
 
-Each wheelhouse is downloaded once for the module, into a private cache (pip's own cache too, as
-it lives under XDG_CACHE_HOME), so this measures and checks real downloads; ~30-60 s.
+Each wheelhouse is downloaded once for the module, into a private cache (uv's and pip's own caches
+too, as they live under XDG_CACHE_HOME), so this measures and checks real downloads; ~10-20 s.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The agent's environment without the network: versions, markers, the wheelhouse loop and cache
-(pip replaced by a fake index), the venv tree and its tar.
+"""The agent's environment without the network: versions, markers, the wheelhouse and its cache
+(uv replaced by a fake index), the venv tree and its tar.
 
 Wheels here are tiny ones made by `make_wheel`; the real trove wheelhouse is in
 tests/image/test_agent_venv_real.py.
@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -32,10 +31,10 @@ from assembler.agent.wheelhouse import (
     manylinux_platforms,
     parse_agent_source,
     target_environment,
-    walk_closure,
 )
 from assembler.distros import RELEASES
-from assembler.errors import BuildError, UsageError
+from assembler.errors import BuildError, CommandError, UsageError
+from assembler.paths import cache_dir
 
 HOST_PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -215,39 +214,6 @@ def test_constraints_are_filtered_for_the_guest() -> None:
     assert for_312.splitlines()[0] == "numpy===2.2.0"
 
 
-def test_closure_follows_the_guests_markers(tmp_path: Path) -> None:
-    wheels = [
-        make_wheel(
-            tmp_path,
-            "trove",
-            "1.0",
-            (
-                "oslo-x>=1",
-                "tomli; python_version < '3.11'",
-                "legacy; python_version >= '3.11'",
-                "docs; extra == 'doc'",
-            ),
-        ),
-        make_wheel(tmp_path, "oslo-x", "1.2", ("six",)),
-        make_wheel(tmp_path, "six", "1.0"),
-        make_wheel(tmp_path, "legacy", "1.0"),
-    ]
-    dists = {d.name: d for d in map(wheelhouse.read_dist, wheels)}
-    reached, missing = walk_closure(
-        dists, [Requirement("trove==1.0")], target_environment("3.10", "x86_64")
-    )
-    assert reached == {"trove", "oslo-x", "six"}  # legacy is the host's (3.11) only
-    assert [str(r) for r in missing] == ['tomli; python_version < "3.11"']
-    reached, missing = walk_closure(
-        dists, [Requirement("trove==1.0")], target_environment("3.11", "x86_64")
-    )
-    assert reached == {"trove", "oslo-x", "six", "legacy"} and not missing
-    _, missing = walk_closure(
-        dists, [Requirement("oslo-x>=2")], target_environment("3.11", "x86_64")
-    )
-    assert [str(r) for r in missing] == ["oslo-x>=2"]  # present, but not a version that fits
-
-
 def test_is_pure() -> None:
     assert wheelhouse.is_pure("docopt-0.6.2-py2.py3-none-any.whl")
     assert wheelhouse.is_pure("trove-26.0.0-py3-none-any.whl")
@@ -255,9 +221,9 @@ def test_is_pure() -> None:
     assert not wheelhouse.is_pure("x-1-cp311-abi3-manylinux_2_17_x86_64.whl")
 
 
-# ----- the wheelhouse, pip replaced by a fake index -----------------------------------------
+# ----- the wheelhouse, uv replaced by a fake index -----------------------------------------
 
-# name -> (version, Requires-Dist); the fake pip resolves with the HOST's markers, as pip does.
+# name -> (version, Requires-Dist); the fake uv resolves with the GUEST's markers, as uv does.
 FAKE_INDEX: dict[str, tuple[str, tuple[str, ...]]] = {
     "trove": (
         "9.9.9",
@@ -270,53 +236,88 @@ FAKE_INDEX: dict[str, tuple[str, tuple[str, ...]]] = {
     "pip": ("24.0", ()),
 }
 
+UV_NO_WHEEL = """\
+error: No solution found when resolving dependencies
+  cause: Because docopt==0.6.1 has no usable wheels and you require docopt==0.6.1, we can
+         conclude that your requirements are unsatisfiable.
 
-class FakePip:
-    def __init__(self, index: dict[str, tuple[str, tuple[str, ...]]], host_python: str) -> None:
+hint: Wheels are required for `docopt` because building from source is disabled for all packages (i.e., with `--no-build`)
+"""
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class FakeUv:
+    """`uv pip compile`: resolves FAKE_INDEX for the --python-version it is given and writes a
+    pylock.toml whose wheels are files here (file:// URLs), or fails as uv does."""
+
+    def __init__(self, index: dict[str, tuple[str, tuple[str, ...]]], files: Path) -> None:
         self.index = index
-        self.host_env = {
-            **{k: str(v) for k, v in default_environment().items()},
-            "python_version": host_python,
-        }
+        self.files = files
         self.calls: list[list[str]] = []
+        self.wrong_hash: set[str] = set()  # projects whose published sha256 is not the file's
+        self.no_wheel: set[str] = set()  # projects uv finds no wheel for (but in --find-links)
 
-    def __call__(
-        self,
-        spec: WheelhouseSpec,
-        requirements: list[str | Path],
-        common: list[str | Path],
-        dest: Path,
-        work: Path,
-        built: Path,
-    ) -> None:
-        self.calls.append([str(r) for r in requirements])
-        todo = [Requirement(str(r)).name for r in requirements]
+    def __call__(self, argv: list[str | Path], **_: object) -> str:
+        args = [str(a) for a in argv]
+        assert args[1:3] == ["pip", "compile"], args
+        self.calls.append(args)
+        env = {
+            **target_environment(args[args.index("--python-version") + 1], "x86_64"),
+            "extra": "",
+        }
+        find_links = Path(args[args.index("--find-links") + 1])
+        packages = []
+        todo = [Requirement(line) for line in Path(args[-1]).read_text().split()]
+        seen: set[str] = set()
         while todo:
-            name = canonicalize_name(todo.pop())
-            if any(p.name.startswith(name.replace("-", "_") + "-") for p in dest.glob("*.whl")):
+            req = todo.pop()
+            name = canonicalize_name(req.name)
+            if name in seen or (req.marker is not None and not req.marker.evaluate(env)):
                 continue
+            seen.add(name)
             version, requires = self.index[name]
-            make_wheel(dest, name, version, requires)
-            for text in requires:
-                req = Requirement(text)
-                if req.marker is None or req.marker.evaluate({**self.host_env, "extra": ""}):
-                    todo.append(req.name)
+            built = sorted(find_links.glob(f"{name.replace('-', '_')}-*.whl"))
+            if built:
+                wheel = built[0]
+            elif name in self.no_wheel:
+                raise CommandError(args, 1, UV_NO_WHEEL)
+            else:
+                wheel = make_wheel(self.files, name, version, requires)
+            digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+            if name in self.wrong_hash:
+                digest = "0" * 64
+            packages.append(
+                f"[[packages]]\nname = {_toml_str(name)}\nversion = {_toml_str(version)}\n"
+                f"wheels = [{{ url = {_toml_str(wheel.as_uri())}, hashes = {{ sha256 = {_toml_str(digest)} }} }}]\n"
+            )
+            todo.extend(Requirement(r) for r in requires)
+        lock = Path(args[args.index("-o") + 1])
+        lock.write_text('lock-version = "1.0"\n\n' + "\n".join(packages))
+        return ""
 
 
 @pytest.fixture
-def fake_pip(monkeypatch: pytest.MonkeyPatch) -> FakePip:
-    fake = FakePip(FAKE_INDEX, host_python="3.11")
-    monkeypatch.setattr(wheelhouse, "_pip_download", fake)
+def fake_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeUv:
+    fake = FakeUv(FAKE_INDEX, tmp_path / "index")
+    monkeypatch.setattr(wheelhouse, "uv_binary", lambda: "uv")
+    monkeypatch.setattr(wheelhouse, "run", fake)
     versions.remember_requires_python("trove", {"9.9.9": ">=3.8"})
     return fake
 
 
-def test_wheelhouse_corrects_the_hosts_markers(fake_pip: FakePip, cache_home: Path) -> None:
+def test_wheelhouse_resolves_for_the_guest(fake_uv: FakeUv, cache_home: Path) -> None:
     house = build_wheelhouse(WheelhouseSpec(PypiAgent("9.9.9"), "3.10", "2.35"))
     names = sorted(w.name for w in house.wheels)
-    # tomli: needed on 3.10, skipped by a resolver running on 3.11; legacy: the reverse.
+    # tomli: needed on 3.10 (a resolver on a 3.11 host would skip it); legacy: the reverse.
     assert names == ["oslo-x", "pip", "six", "tomli", "trove"]
-    assert fake_pip.calls == [["trove==9.9.9", "pip"], ["trove==9.9.9", "pip", "tomli"]]
+    (argv,) = fake_uv.calls
+    assert argv[argv.index("--python-version") + 1] == "3.10"
+    assert argv[argv.index("--python-platform") + 1] == "x86_64-manylinux_2_35"
+    assert argv[argv.index("--only-binary") + 1] == ":all:"
+    assert argv[argv.index("--python") + 1] == sys.executable  # never a Python uv downloads
     assert house.agent_wheel.name == "trove" and house.agent_version == "9.9.9"
     assert "trove" not in {w.name for w in house.requirements()}
     for wheel in house.wheels:
@@ -329,27 +330,152 @@ def test_wheelhouse_corrects_the_hosts_markers(fake_pip: FakePip, cache_home: Pa
     assert not list(house.directory.parent.glob(".tmp-*"))  # the build's scratch is gone
 
 
-def test_wheelhouse_is_cached_by_its_inputs(fake_pip: FakePip, tmp_path: Path) -> None:
+def test_wheelhouse_is_cached_by_its_inputs(fake_uv: FakeUv, tmp_path: Path) -> None:
     spec = WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36")
     first = build_wheelhouse(spec)
-    assert build_wheelhouse(spec) == first
-    assert len(fake_pip.calls) == 1
+    assert build_wheelhouse(spec) == first  # offline: uv is not asked again
+    assert len(fake_uv.calls) == 1
     assert sorted(w.name for w in first.wheels) == ["legacy", "oslo-x", "pip", "six", "trove"]
 
     constraints = tmp_path / "upper.txt"
-    constraints.write_text("six===1.0\n")
+    constraints.write_text(
+        "six===1.0;python_version=='3.11'\nlegacy===0.1;python_version=='3.10'\n"
+    )
     constrained = build_wheelhouse(
         WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36", str(constraints))
     )
     assert constrained.directory != first.directory
-    assert constrained.constraints_sha256 == hashlib.sha256(b"six===1.0\n").hexdigest()
-    assert len(fake_pip.calls) == 2
+    assert constrained.constraints_sha256 == hashlib.sha256(constraints.read_bytes()).hexdigest()
+    assert len(fake_uv.calls) == 2
+    passed = fake_uv.calls[1]
+    assert passed[passed.index("-c") + 1].endswith("constraints.txt")
 
     # An altered cache entry is not trusted: it is built again.
     first.wheels[0].path.write_bytes(b"tampered")
     rebuilt = build_wheelhouse(spec)
-    assert len(fake_pip.calls) == 3 and rebuilt.directory == first.directory
+    assert len(fake_uv.calls) == 3 and rebuilt.directory == first.directory
     assert rebuilt.wheels[0].path.read_bytes() != b"tampered"
+
+
+def test_a_wheel_whose_hash_is_not_the_indexs_is_refused(fake_uv: FakeUv) -> None:
+    fake_uv.wrong_hash.add("six")
+    with pytest.raises(BuildError) as err:
+        build_wheelhouse(WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36"))
+    assert "six-1.0-py3-none-any.whl from file://" in str(err.value)
+    assert f"not {'0' * 64} as its index published" in str(err.value)
+    root = cache_dir() / "wheelhouses"
+    assert not [p for p in root.iterdir() if not p.name.endswith(".lock")]  # nothing kept
+
+
+def test_an_sdist_only_dependency_is_built_and_offered_to_uv(
+    fake_uv: FakeUv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_uv.index = {**FAKE_INDEX, "oslo-x": ("1.2", ("docopt",)), "docopt": ("0.6.1", ())}
+    fake_uv.no_wheel.add("docopt")
+    asked: list[str] = []
+
+    def build(
+        spec: WheelhouseSpec, requirement: str, common: list[str | Path], work: Path, built: Path
+    ) -> None:
+        asked.append(requirement)
+        make_wheel(built, "docopt", "0.6.1")
+
+    monkeypatch.setattr(wheelhouse, "_build_from_sdist", build)
+    house = build_wheelhouse(WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36"))
+    assert asked == ["docopt==0.6.1"]  # the versions uv named
+    assert len(fake_uv.calls) == 2
+    assert "docopt-0.6.1-py3-none-any.whl" in {w.path.name for w in house.wheels}
+
+
+def test_uv_failures_become_one_line(fake_uv: FakeUv, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_uv.no_wheel.add("oslo-x")
+    monkeypatch.setattr(wheelhouse, "_build_from_sdist", lambda *a: None)  # builds nothing
+    with pytest.raises(BuildError) as err:
+        build_wheelhouse(WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36"))
+    assert str(err.value) == (
+        "step agent-wheelhouse failed: no set of wheels for CPython 3.11: No solution found when "
+        "resolving dependencies: Because docopt==0.6.1 has no usable wheels and you require "
+        "docopt==0.6.1, we can conclude that your requirements are unsatisfiable."
+    )
+
+
+def test_uv_messages_are_read_for_the_wheel_it_lacks() -> None:
+    assert str(wheelhouse.lacking_wheel(UV_NO_WHEEL)) == "docopt==0.6.1"
+    every = "cause: Because all versions of docopt have no usable wheels and you require docopt\n\nhint: Wheels are required for `docopt` because building"
+    assert str(wheelhouse.lacking_wheel(every)) == "docopt"
+    conflict = "error: No solution found when resolving dependencies\n  cause: Because you require six>=1.17 and six==1.16.0, we can conclude that your requirements are unsatisfiable.\n"
+    assert wheelhouse.lacking_wheel(conflict) is None
+    assert wheelhouse.uv_reason(conflict) == (
+        "No solution found when resolving dependencies: Because you require six>=1.17 and "
+        "six==1.16.0, we can conclude that your requirements are unsatisfiable."
+    )
+    assert wheelhouse.uv_reason("") == "uv failed without a message"
+
+
+def test_the_wheel_pip_would_install_is_picked(tmp_path: Path) -> None:
+    spec = WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36")
+    sha = {"hashes": {"sha256": "ab" * 32}}
+    lock = {
+        "packages": [
+            {
+                "name": "Wrapt",
+                "version": "2.0",
+                "wheels": [
+                    {"url": "https://files.example/wrapt-2.0-py3-none-any.whl", **sha},
+                    {
+                        "url": "https://files.example/wrapt-2.0-cp311-cp311-manylinux_2_39_x86_64.whl",
+                        **sha,
+                    },
+                    {
+                        "url": "https://files.example/wrapt-2.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                        **sha,
+                    },
+                    {
+                        "url": "https://files.example/wrapt-2.0-cp38-abi3-manylinux_2_34_x86_64.whl",
+                        **sha,
+                    },
+                ],
+            },
+            {
+                "name": "toy",
+                "version": "1.0",
+                "archive": {"path": "built/toy-1.0-py3-none-any.whl", **sha},
+            },
+        ]
+    }
+    wrapt, toy = wheelhouse.pick_wheels(lock, spec, tmp_path)
+    # cp311 before abi3 before pure; a newer glibc than the guest's is no fit at all.
+    assert (
+        wrapt.name == "wrapt"
+        and wrapt.filename == "wrapt-2.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    )
+    assert toy.url == (tmp_path / "built" / "toy-1.0-py3-none-any.whl").as_uri()
+    lock["packages"] = [
+        {
+            "name": "x",
+            "version": "1",
+            "wheels": [{"url": "https://f/x-1-cp311-cp311-manylinux_2_39_x86_64.whl", **sha}],
+        }
+    ]
+    with pytest.raises(
+        BuildError,
+        match=r"uv locked x 1 with no wheel for CPython 3\.11 manylinux \(glibc <= 2\.36\)",
+    ):
+        wheelhouse.pick_wheels(lock, spec, tmp_path)
+    lock["packages"] = [
+        {"name": "x", "version": "1", "wheels": [{"url": "https://f/x-1-py3-none-any.whl"}]}
+    ]
+    with pytest.raises(
+        BuildError, match=r"the index published no sha256 for x-1-py3-none-any\.whl"
+    ):
+        wheelhouse.pick_wheels(lock, spec, tmp_path)
+
+
+def test_uv_platform_names_the_guests_glibc() -> None:
+    assert wheelhouse.uv_platform("2.36", "x86_64") == "x86_64-manylinux_2_36"
+    assert wheelhouse.uv_platform("2.39", "aarch64") == "aarch64-manylinux_2_39"
+    with pytest.raises(UsageError):
+        wheelhouse.uv_platform("3.1", "x86_64")
 
 
 def test_cache_key_covers_every_input(tmp_path: Path) -> None:
@@ -531,14 +657,7 @@ To fix this you could try to:
 """
 
 
-def test_pip_failures_are_read_for_suspects_and_one_line() -> None:
-    suspects, certain = wheelhouse._suspects(PIP_CONFLICT)
-    assert not certain  # a conflict may be real: each suspect is probed before an sdist build
-    assert [str(r) for r in suspects] == ["docopt===0.6.1,>=0.6"]
-    suspects, certain = wheelhouse._suspects(
-        "ERROR: No matching distribution found for docopt<0.7\n"
-    )
-    assert certain and [str(r) for r in suspects] == ["docopt<0.7"]
+def test_pip_failures_are_one_line() -> None:
     stderr = "ERROR: Cannot install toy-agent==1.0 because these package versions have conflicting dependencies.\nERROR: ResolutionImpossible: for help visit https://pip.pypa.io\n"
     reason = wheelhouse._pip_reason(stderr, PIP_CONFLICT)
     assert reason == (
