@@ -4,6 +4,8 @@ build made again and which it took from the cache."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,28 @@ def test_an_unchanged_rebuild_launches_no_appliance(raw_production: Built, tmp_p
     # The manifest still says what is in it: packages and agent from the cached layers.
     assert again.manifest["packages"] == raw_production.manifest["packages"]
     assert again.manifest["agent"] == raw_production.manifest["agent"]
+    # No convert: the output kept from the first build, copied and checked.
+    assert "output from the cache" in again.stderr
+    assert again.manifest["output"]["sha256"] == raw_production.manifest["output"]["sha256"]
+
+
+def test_a_damaged_kept_output_is_converted_again(raw_production: Built, tmp_path: Path) -> None:
+    """The kept output is a hard link to the first build's: replaced here by a damaged copy
+    (so the session's image stays whole), it must be caught and the output converted anew."""
+    outputs = Path(os.environ["ASSEMBLER_LAYER_CACHE"]) / "outputs"
+    inode = raw_production.image.stat().st_ino
+    kept = [p for p in outputs.glob("*.img") if p.stat().st_ino == inode]
+    assert len(kept) == 1
+    damaged = tmp_path / "damaged.img"
+    shutil.copyfile(kept[0], damaged)
+    with damaged.open("r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"not the image")
+    os.replace(damaged, kept[0])
+    again = rebuild(raw_production, tmp_path / "again.raw")
+    assert LAUNCH not in again.stderr and "output from the cache" not in again.stderr
+    assert "damaged" in again.stderr
+    assert again.manifest["output"]["sha256"] == raw_production.manifest["output"]["sha256"]
 
 
 def test_another_agent_rebuilds_only_the_guest_layer(
