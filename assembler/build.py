@@ -129,7 +129,7 @@ CONFIG_CODE = (
 DATASTORE_CODE = ("build.py", "embed.py", "steps/disk.py", "steps/datastore_images.py", "guest.py")
 AGENT_CODE = (
     "build.py",
-    "boottest/guest_facts.py",  # which private keys the venv is stripped of
+    "keyscan.py",  # which private keys the venv is stripped of
     "steps/disk.py", "steps/agent.py", "agent/venv.py", "agent/payload.py", "agent/devkeys.py",
     "guest.py", "resources.py",
 )  # fmt: skip

@@ -1,6 +1,6 @@
-"""The one private-key detector (assembler/keyscan.py) over real files. Keys are made here with
-openssl and ssh-keygen: a key committed to the repository would itself be a private key lying
-about."""
+"""The one private-key detector (assembler/keyscan.py), the build's strip and the boot check's
+scan over real files. Keys are made here with openssl and ssh-keygen: a key committed to the
+repository would itself be a private key lying about."""
 
 from __future__ import annotations
 
@@ -9,17 +9,23 @@ import base64
 import json
 import os
 import py_compile
+import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from assembler import keyscan
+from assembler.agent.payload import strip_private_keys
+from assembler.boottest import guest_facts
+from assembler.boottest.instance import FACTS_DIR, Instance
+from assembler.errors import BuildError
 
 REPO = Path(__file__).parents[2]
+SITE = PurePosixPath("opt/guest-agent-venv/lib/python3.11/site-packages")
 
 
 def _run(*argv: str | Path) -> None:
@@ -220,6 +226,89 @@ def test_only_regular_files_are_read(keys: dict[str, str], tmp_path: Path) -> No
     assert keyscan.scan_file(str(tmp_path / "link")) is None
     assert keyscan.scan_file(str(tmp_path / "fifo")) is None
     assert keyscan.scan_file(str(tmp_path / "missing")) is None
+
+
+def _plant(keys: dict[str, str], staging: Path) -> set[str]:
+    """A venv-shaped tree: keys in tests and data files, negatives in importable code.
+    Returns the guest paths that hold keys."""
+    site = staging / SITE
+    planted = set()
+    for i, (name, render) in enumerate(v for _, v in sorted(FORMS.items())):
+        kind = sorted(KINDS)[i % len(KINDS)]
+        path = site / f"pkg{i}" / "tests" / "unit" / name
+        path.parent.mkdir(parents=True)
+        path.write_text(render(keys[kind]))
+        planted.add(f"/{SITE}/pkg{i}/tests/unit/{name}")
+    data = site / "demo" / "certs" / "server.key"
+    data.parent.mkdir(parents=True)
+    data.write_text(keys["ec"])
+    planted.add(f"/{SITE}/demo/certs/server.key")
+    big = site / "bigpkg" / "test_data.py"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(b"# filler\n" * (2 * 2**20) + FORMS["json"][1](keys["openssh"]).encode())
+    planted.add(f"/{SITE}/bigpkg/test_data.py")
+    for name, content in _negatives(keys).items():
+        (site / "crypto" / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / "crypto" / name).write_bytes(content)
+    return planted
+
+
+def test_build_and_boot_check_find_the_same_keys(keys: dict[str, str], tmp_path: Path) -> None:
+    planted = _plant(keys, tmp_path)
+    guest = {k["path"] for k in guest_facts.private_keys(str(tmp_path))}
+    walked = {k["path"] for k in guest_facts.private_keys_walk(str(tmp_path))}
+    removed = strip_private_keys(tmp_path)
+    assert guest == walked == set(removed) == planted
+    assert removed == sorted(removed)  # the manifest's list, in a stable order
+    assert guest_facts.private_keys(str(tmp_path)) == []
+    assert all((tmp_path / SITE / "crypto" / name).exists() for name in _negatives(keys))
+
+
+def test_a_key_in_importable_code_stops_the_build(keys: dict[str, str], tmp_path: Path) -> None:
+    """Removing a module could break an import, blanking its key whatever uses it: a
+    dependency that ships a key in its code is the operator's call, not the build's."""
+    module = tmp_path / SITE / "vendor" / "defaults.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(FORMS["python-implicit-concat"][1](keys["rsa"]))
+    fixture = tmp_path / SITE / "vendor" / "tests" / "key.pem"
+    fixture.parent.mkdir()
+    fixture.write_text(keys["rsa"])
+    with pytest.raises(
+        BuildError, match=r"importable code.*/vendor/defaults\.py \(RSA PRIVATE KEY\)"
+    ):
+        strip_private_keys(tmp_path)
+    assert module.exists() and fixture.exists()  # nothing half-done
+
+
+def test_the_detector_runs_in_the_guest_as_shipped(keys: dict[str, str], tmp_path: Path) -> None:
+    """The user data's files unpacked as cloud-init writes them; the gatherer imports the
+    shipped detector with the system's Python alone (no assembler package installed)."""
+    import yaml  # type: ignore[import-untyped]
+
+    guest = tmp_path / "guest"
+    for entry in yaml.safe_load(Instance("ubuntu", "ssh-ed25519 AAAA t", ()).user_data())[
+        "write_files"
+    ]:
+        path = guest / entry["path"].lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(entry["content"]))
+    facts_dir = guest / FACTS_DIR.lstrip("/")
+    assert (facts_dir / "assembler" / "keyscan.py").read_bytes() == (
+        REPO / "assembler" / "keyscan.py"
+    ).read_bytes()
+    tree = tmp_path / "tree"
+    planted = _plant(keys, tree)
+    python = shutil.which("python3", path="/usr/bin") or sys.executable
+    probe = (
+        f"import sys, json; sys.path.insert(0, {str(facts_dir)!r}); import guest_facts; "
+        "print(json.dumps([guest_facts.keyscan.__file__, guest_facts.private_keys(sys.argv[1])]))"
+    )
+    out = subprocess.run(
+        [python, "-I", "-c", probe, tree], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    module, found = json.loads(out.stdout)
+    assert module == str(facts_dir / "assembler" / "keyscan.py")
+    assert {k["path"] for k in found} == planted
 
 
 @pytest.mark.parametrize("module", ["assembler/keyscan.py", "assembler/boottest/guest_facts.py"])
