@@ -131,6 +131,7 @@ AGENT_CODE = (
     "build.py",
     "keyscan.py",  # which private keys the venv is stripped of
     "steps/disk.py", "steps/agent.py", "agent/venv.py", "agent/payload.py", "agent/devkeys.py",
+    "agent/slim.py",  # which test suites the venv is slimmed of
     "guest.py", "resources.py",
 )  # fmt: skip
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from assembler import keyscan
+from assembler.agent.slim import Slimmed, prune_records, slim_venv
 from assembler.agent.venv import (
     STEP,
     VENV_PREFIX,
     WHEELS_PREFIX,
     host_can_compile,
+    host_path,
     lay_out_venv,
+    site_packages,
     stage_wheelhouse,
 )
 from assembler.agent.versions import default_agent_version
@@ -43,6 +46,7 @@ class AgentPayload:
     subtrees: tuple[PurePosixPath, ...]  # what to upload from it
     dev_mode: bool
     removed_keys: tuple[str, ...] = ()
+    slimmed: Slimmed | None = None
 
     def manifest(self) -> dict[str, object]:
         return {
@@ -52,6 +56,7 @@ class AgentPayload:
             # Dev mode runs trove from the controller's checkout; only its requirements are baked.
             "baked": not self.dev_mode,
             "removed_test_keys": list(self.removed_keys),
+            **({"slimmed": self.slimmed.manifest()} if self.slimmed else {}),
         }
 
 
@@ -88,13 +93,21 @@ def prepare_agent(cfg: BuildConfig, workdir: Path, wheelhouse: Wheelhouse) -> Ag
         include_agent=not cfg.dev_mode,
         compile_bytecode=host_can_compile(wheelhouse.python),
     )
+    # Keys first: the promise holds whatever the slimming rules, and the manifest names them.
     removed = strip_private_keys(staging)
+    site = site_packages(VENV_PREFIX, wheelhouse.python)
+    # What was stripped leaves its distribution's RECORD too, as what slimming removes does.
+    gone = [PurePosixPath(p) for p in removed]
+    prune_records(
+        host_path(staging, site), [str(p.relative_to(site)) for p in gone if p.is_relative_to(site)]
+    )
+    slimmed = slim_venv(host_path(staging, site))
     subtrees = [VENV_PREFIX]
     if cfg.dev_mode:
         stage_wheelhouse(wheelhouse, staging)
         subtrees.append(WHEELS_PREFIX)
     log.info("agent %s for Python %s ready to upload", wheelhouse.agent_source, wheelhouse.python)
-    return AgentPayload(wheelhouse, staging, tuple(subtrees), cfg.dev_mode, tuple(removed))
+    return AgentPayload(wheelhouse, staging, tuple(subtrees), cfg.dev_mode, tuple(removed), slimmed)
 
 
 # Where distributions keep their tests and fixtures: nothing the agent runs reads them.
