@@ -24,6 +24,12 @@ The rule. A key is a block that holds key material, not text that names the mark
   least MIN_RUN long (a line of the body: PEM writes 64 a line, prose and identifiers are
   shorter), and the body mixes digits, upper and lower case (random base64 always does).
 
+Compiled native code (ELF objects: executables, shared libraries) is not scanned. Crypto
+libraries compile their self-test vectors in: GnuTLS's libgnutls.so.30 (in Debian's base and in
+the datastore images built on it) holds ten real keys (RSA, DSA, EC, GOST), the same public
+bytes in every install of that library, no secret of this image; and the build compiles no
+native code. Bytecode is scanned.
+
 So a key is found whatever the file's language or quoting: a bare PEM file, a triple-quoted
 indented string, quoted lines concatenated implicitly or with `+`, one line with `\\n` escapes,
 JSON or YAML, comment-prefixed lines, a marshalled constant in a .pyc. Code and docs that name
@@ -52,6 +58,7 @@ MIN_PPK_BODY = 40
 MIN_RUN = 40
 CHUNK = 8 * 1024 * 1024
 OVERLAP = MAX_SPAN + 1024
+ELF_MAGIC = b"\x7fELF"
 
 _BEGIN = re.compile(rb"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY ?-{4,5}")
 _PPK = re.compile(rb"PuTTY-User-Key-File-(\d+):")
@@ -118,9 +125,12 @@ def _end_marker(label: bytes) -> re.Pattern[bytes]:
 
 
 def scan_stream(stream: BinaryIO) -> Finding | None:
-    """The first key in a binary stream of any length, read in overlapping windows."""
+    """The first key in a binary stream of any length, read in overlapping windows; None for
+    an ELF object (see above)."""
     base = 0
     window = stream.read(CHUNK + OVERLAP)
+    if window.startswith(ELF_MAGIC):
+        return None
     while window:
         more = stream.read(CHUNK)
         last = not more

@@ -191,8 +191,8 @@ def _negatives(keys: dict[str, str]) -> dict[str, bytes]:
         "public.pem": keys["public.pem"].encode(),
         "cert.pem": keys["cert.pem"].encode(),
         "id_ed25519.pub": keys["openssh.pub"].encode(),
-        # The markers with binary between them, as in cryptography's and OpenSSL's libraries.
-        "_rust.abi3.so": b"\x7fELF\0\x01-----BEGIN PRIVATE KEY-----\0\x03\x88\x13-----END PRIVATE KEY-----\0",
+        # The markers with binary between them, as in cryptography's bytecode and libraries.
+        "ssh.cpython-311.pyc": b"\xa7\r\r\n\0\x01-----BEGIN PRIVATE KEY-----\0\x03\x88\x13-----END PRIVATE KEY-----\0",
         # Base64 that no END marker closes within reach: a truncated paste, not a key.
         "truncated.pem": f"-----BEGIN PRIVATE KEY-----\n{blob}".encode(),
         "far.txt": f"-----BEGIN PRIVATE KEY-----\n{blob}{'#' * keyscan.MAX_SPAN}\n-----END PRIVATE KEY-----\n".encode(),
@@ -217,6 +217,17 @@ def test_code_and_docs_that_name_the_markers_are_not_keys(
         assert keyscan.scan_file(str(path)) is None, path
         compiled = py_compile.compile(str(path), cfile=str(tmp_path / "own.pyc"), doraise=True)
         assert keyscan.scan_file(compiled) is None, compiled
+
+
+def test_keys_compiled_into_native_code_are_not_reported(
+    keys: dict[str, str], tmp_path: Path
+) -> None:
+    """GnuTLS's self-test keys, in every Debian image: ELF objects are not scanned."""
+    library = tmp_path / "libgnutls.so.30"
+    library.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 4000 + keys["rsa"].encode() + b"\0" * 64)
+    assert keyscan.scan_file(str(library)) is None
+    (tmp_path / "not-elf.bin").write_bytes(library.read_bytes()[1:])
+    assert keyscan.scan_file(str(tmp_path / "not-elf.bin")) is not None
 
 
 def test_only_regular_files_are_read(keys: dict[str, str], tmp_path: Path) -> None:
