@@ -124,7 +124,7 @@ CONFIG_CODE = (
     "build.py",
     "secrets.py",
     "steps/disk.py", "steps/user.py", "steps/docker.py", "steps/cloudinit.py", "steps/trove.py",
-    "steps/hygiene.py", "guest.py", "resources.py",
+    "steps/hygiene.py", "keyscan.py", "guest.py", "resources.py",
 )  # fmt: skip
 DATASTORE_CODE = ("build.py", "embed.py", "steps/disk.py", "steps/datastore_images.py", "guest.py")
 AGENT_CODE = (

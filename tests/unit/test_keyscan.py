@@ -23,6 +23,7 @@ from assembler.agent.payload import strip_private_keys
 from assembler.boottest import guest_facts
 from assembler.boottest.instance import FACTS_DIR, Instance
 from assembler.errors import BuildError
+from assembler.steps.hygiene import strip_doc_keys
 
 REPO = Path(__file__).parents[2]
 SITE = PurePosixPath("opt/guest-agent-venv/lib/python3.11/site-packages")
@@ -334,3 +335,36 @@ def test_guest_side_code_is_python_39_and_stdlib_only(module: str) -> None:
         )
     }
     assert imported - sys.stdlib_module_names <= {"assembler"}
+
+
+class LocalGuest:
+    """The guestfs calls strip_doc_keys makes, on this host's files."""
+
+    def sh(self, script: str) -> str:
+        return subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout.decode()
+
+    def download(self, path: str, local: str) -> None:
+        shutil.copyfile(path, local)
+
+    def rm(self, path: str) -> None:
+        os.unlink(path)
+
+
+def test_docs_with_example_keys_are_removed(keys: dict[str, str], tmp_path: Path) -> None:
+    """cloud-init's examples hold real keys (bookworm's base has two); its placeholders do not."""
+    examples = tmp_path / "doc" / "cloud-init" / "examples"
+    examples.mkdir(parents=True)
+    (examples / "cloud-config-ssh-keys.txt").write_text(FORMS["yaml-block"][1](keys["rsa"]))
+    (examples / "cloud-config-ansible-managed.txt").write_text(
+        FORMS["hash-comment"][1](keys["openssh"])
+    )
+    chef = "validation_key: |\n    -----BEGIN RSA PRIVATE KEY-----\n    YOUR-ORGS-VALIDATION-KEY-HERE\n    -----END RSA PRIVATE KEY-----\n"
+    (examples / "cloud-config-chef.txt").write_text(chef)
+    (tmp_path / "doc" / "README").write_text("nothing here\n")
+    removed = strip_doc_keys(LocalGuest(), str(tmp_path / "doc"))
+    assert sorted(Path(p).name for p in removed) == [
+        "cloud-config-ansible-managed.txt",
+        "cloud-config-ssh-keys.txt",
+    ]
+    assert (examples / "cloud-config-chef.txt").exists() and (tmp_path / "doc" / "README").exists()
+    assert strip_doc_keys(LocalGuest(), str(tmp_path / "missing")) == []
