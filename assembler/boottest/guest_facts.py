@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """Runs INSIDE the guest under test (stdlib only, Python >= 3.9): gathers facts, judges nothing.
 
-The harness ships this file in the instance's user data and a systemd unit runs it once
-cloud-init's final stage is over. It writes one JSON line to the second serial port, which only
-this program uses, so console noise can never split it. Judging happens on the host
-(assembler/boottest/checks.py), where it can be unit-tested.
+The harness ships this file in the instance's user data, with the key detector it shares with
+the build (as FACTS_DIR/assembler/keyscan.py, so the import below is the same on host and
+guest), and a systemd unit runs it once cloud-init's final stage is over. It writes one JSON
+line to the second serial port, which only this program uses, so console noise can never split
+it. Judging happens on the host (assembler/boottest/checks.py), where it can be unit-tested.
 """
 
 from __future__ import annotations
@@ -14,22 +15,14 @@ import hashlib
 import json
 import os
 import pwd
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-MAX_KEY_SCAN_SIZE = 64 * 1024
-# A whole PEM block at the start of a line: code and docs that merely name the markers, or
-# quote an example key indented, are not keys lying in the image.
-PEM_PRIVATE_KEY = re.compile(
-    rb"^-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----\r?\n"
-    rb"(?:[A-Za-z0-9+/=:,. -]*\r?\n)+?"
-    rb"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
-    re.MULTILINE,
-)
+from assembler import keyscan
+
 # Leftovers of an image build that must never reach an instance.
 BUILD_LEFTOVERS = (
     "/usr/sbin/policy-rc.d",
@@ -96,58 +89,56 @@ def user_facts(name: str) -> dict[str, Any]:
     }
 
 
-def private_keys() -> list[dict[str, Any]]:
-    """Every small file under / (this filesystem only) that holds a private key.
+def private_keys(root: str = "/") -> list[dict[str, Any]]:
+    """Every file under root (its filesystem only, any size) that holds a private key, by its
+    path in the guest.
 
     find and grep pick the candidates: walking ~40,000 files in Python took 51 s under slow
-    emulation. Python only confirms the few files that name the marker.
+    emulation. grep looks for the detector's own fixed strings, which escaped and quoted keys
+    contain too; the shared detector (assembler/keyscan.py) then decides on the few it lists.
     """
+    patterns = [arg for m in keyscan.MARKERS for arg in ("-e", m.decode())]
     try:
         finder = subprocess.Popen(
-            ["find", "/", "-xdev", "-type", "f", "-size", f"-{MAX_KEY_SCAN_SIZE // 1024 + 1}k",
-             "-print0"],
+            ["find", root, "-xdev", "-type", "f", "-print0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        # The C locale: grep then matches bytes, much faster than decoding UTF-8 it won't need.
         grep = subprocess.run(
-            ["xargs", "-0", "-r", "grep", "-lsZF", "PRIVATE KEY-----"],
-            stdin=finder.stdout, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=600,
+            ["xargs", "-0", "-r", "grep", "-lsZF", *patterns],
+            stdin=finder.stdout, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=900,
+            env={**os.environ, "LC_ALL": "C"},
         )  # fmt: skip
         finder.wait(60)
     except (OSError, subprocess.SubprocessError):
-        return private_keys_walk()
+        return private_keys_walk(root)
     found = []
     for raw in grep.stdout.split(b"\0"):
-        if not raw:
-            continue
-        path = os.fsdecode(raw)
-        hit = _key_in(path)
-        if hit is not None:
-            found.append(hit)
+        if raw:
+            hit = _key_in(os.fsdecode(raw), root)
+            if hit is not None:
+                found.append(hit)
     return found
 
 
-def _key_in(path: str) -> dict[str, Any] | None:
+def _key_in(path: str, root: str) -> dict[str, Any] | None:
+    if keyscan.scan_file(path) is None:
+        return None
     try:
-        st = os.lstat(path)
-        if not os.path.isfile(path) or os.path.islink(path) or st.st_size > MAX_KEY_SCAN_SIZE:
-            return None
-        with open(path, "rb") as f:
-            data = f.read()
+        mtime = os.lstat(path).st_mtime
     except OSError:
         return None
-    if b"PRIVATE KEY-----" in data and PEM_PRIVATE_KEY.search(data):
-        return {"path": path, "mtime": st.st_mtime}
-    return None
+    return {"path": os.path.join("/", os.path.relpath(path, root)), "mtime": mtime}
 
 
-def private_keys_walk() -> list[dict[str, Any]]:
+def private_keys_walk(root: str = "/") -> list[dict[str, Any]]:
     """The same scan in Python alone, where find or grep cannot run."""
     found = []
-    root_dev = os.stat("/").st_dev
-    for dirpath, dirnames, filenames in os.walk("/"):
+    root_dev = os.stat(root).st_dev
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == root_dev]
         for name in filenames:
-            hit = _key_in(os.path.join(dirpath, name))
+            hit = _key_in(os.path.join(dirpath, name), root)
             if hit is not None:
                 found.append(hit)
     return found

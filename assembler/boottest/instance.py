@@ -89,10 +89,14 @@ class Instance:
     def user_data(self) -> str:
         """Trove's injected files as write_files, plus the fact gatherer and its unit."""
         gatherer = resources.files("assembler.boottest").joinpath("guest_facts.py").read_text()
+        detector = resources.files("assembler").joinpath("keyscan.py").read_text()
         # The gatherer first: cloud-init stops at the first file it cannot write, and an
-        # image that breaks Trove's files must still report that it did.
+        # image that breaks Trove's files must still report that it did. The detector goes
+        # where the gatherer's `from assembler import keyscan` finds it, as on the host.
         entries = [
             _write_file(f"{FACTS_DIR}/guest_facts.py", gatherer, "root:root", "0755"),
+            _write_file(f"{FACTS_DIR}/assembler/__init__.py", "", "root:root", "0644"),
+            _write_file(f"{FACTS_DIR}/assembler/keyscan.py", detector, "root:root", "0644"),
             _write_file(f"{FACTS_DIR}/expect.json", json.dumps(self.expect()), "root:root", "0644"),
             _write_file(f"/etc/systemd/system/{FACTS_UNIT}", UNIT, "root:root", "0644"),
         ] + [_write_file(f.path, f.content, f.owner, f.mode) for f in self.files]

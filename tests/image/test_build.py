@@ -201,6 +201,10 @@ def test_production_agent_is_baked(raw_production: Built, inspect: Inspector) ->
     for path in agent["removed_test_keys"]:
         assert not g.exists(path)
     assert not g.exists("/home/ubuntu/.ssh/id_ed25519")
+    # The dependencies' test suites are not uploaded (assembler/agent/slim.py).
+    assert agent["slimmed"]["removed_dirs"] > 40
+    site = f"{venv}/lib/python3.11/site-packages"
+    assert not g.exists(f"{site}/trove/tests") and g.is_dir(f"{site}/trove/guestagent/datastore")
 
 
 def test_dev_agent_fetches_its_code(vmdk_dev: Built, inspect: Inspector) -> None:
