@@ -10,8 +10,10 @@ stands for the guest's `/`.
 
 from __future__ import annotations
 
+import compileall
 import logging
 import os
+import py_compile
 import shutil
 import stat
 import sys
@@ -102,7 +104,9 @@ def lay_out_venv(
     _skeleton(root, prefix, python)
     wheels = wheelhouse.wheels if include_agent else wheelhouse.requirements()
     for wheel in wheels:
-        _install(wheel, staging, prefix, python, compile_bytecode)
+        _install(wheel, staging, prefix, python)
+    if compile_bytecode:
+        _compile(staging, prefix, python)
     log.info(
         "laid out the agent venv for Python %s: %d distributions in %.1f s",
         python,
@@ -136,9 +140,24 @@ def _skeleton(root: Path, prefix: PurePosixPath, python: str) -> None:
     (bin_dir / "activate").write_text(_ACTIVATE.format(prefix=prefix, name=prefix.name))
 
 
-def _install(
-    wheel: Wheel, staging: Path, prefix: PurePosixPath, python: str, compile_bytecode: bool
-) -> None:
+def _compile(staging: Path, prefix: PurePosixPath, python: str) -> None:
+    """Byte-compile site-packages as the guest will import it. Checked-hash .pyc files hold
+    the source's hash, not its mtime (the time this build unpacked it): two builds of the same
+    wheels write the same bytes, and the guest still rejects a .pyc whose source changed."""
+    guest_lib = site_packages(prefix, python)
+    # A file that does not compile (Python 2 examples some distributions ship) is left as
+    # source, as pip leaves it: its return value is not an error.
+    compileall.compile_dir(
+        host_path(staging, guest_lib),
+        ddir=str(guest_lib),
+        quiet=2,
+        # One process: this runs in a thread beside a live appliance, no fork wanted here.
+        workers=1,
+        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+    )
+
+
+def _install(wheel: Wheel, staging: Path, prefix: PurePosixPath, python: str) -> None:
     lib = str(site_packages(prefix, python))
     destination = SchemeDictionaryDestination(
         scheme_dict={
@@ -151,7 +170,7 @@ def _install(
         # The shebang of console scripts: the venv's python as the guest will see it.
         interpreter=str(prefix / "bin" / "python3"),
         script_kind="posix",
-        bytecode_optimization_levels=(0,) if compile_bytecode else (),
+        bytecode_optimization_levels=(),  # compiled afterwards, reproducibly: _compile
         destdir=str(staging),
     )
     try:

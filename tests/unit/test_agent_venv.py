@@ -12,6 +12,7 @@ import hashlib
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -610,6 +611,23 @@ def test_venv_runs_when_laid_out_at_a_real_prefix(toy_house: Wheelhouse, tmp_pat
     )
     assert out.stdout.split()[0] == str(prefix)
     assert list(root.rglob(f"toylib/__pycache__/__init__.cpython-{HOST_PY.replace('.', '')}.pyc"))
+
+
+def test_two_layouts_of_one_wheelhouse_write_the_same_bytecode(
+    toy_house: Wheelhouse, tmp_path: Path
+) -> None:
+    """Checked-hash .pyc: nothing in them depends on when the build unpacked the sources, so
+    two builds of one agent give the same files (the fast-path image test compares them)."""
+    if not venv.host_can_compile(toy_house.python):
+        pytest.skip("the host's Python is not the toy wheelhouse's")
+    trees = []
+    for name in ("a", "b"):
+        root = venv.lay_out_venv(toy_house, tmp_path / name, compile_bytecode=True)
+        pycs = sorted(root.rglob("*.pyc"))
+        assert pycs
+        trees.append({p.relative_to(root): p.read_bytes() for p in pycs})
+        time.sleep(1.1)  # a second later: a timestamp .pyc would differ
+    assert trees[0] == trees[1]
 
 
 def test_byte_compiling_needs_the_guests_python(toy_house: Wheelhouse, tmp_path: Path) -> None:
