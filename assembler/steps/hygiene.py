@@ -54,13 +54,17 @@ def strip_doc_keys(g: Any, docs: str = DOCS) -> list[str]:
     listed = sh(
         g,
         "hygiene",
+        # One path a line: guestfs returns a C string, so a NUL-separated list would end at
+        # its first entry. (Doc paths hold no newline; one that did would just be skipped.)
         f"if [ -d {docs} ]; then find {docs} -type f -print0 | "
-        f"LC_ALL=C xargs -0 -r grep -lsZF {patterns}; fi; true",
+        f"LC_ALL=C xargs -0 -r grep -lsF {patterns}; fi; true",
     )
     removed = []
     with tempfile.TemporaryDirectory(prefix="doc-keys-") as tmp:
         local = os.path.join(tmp, "candidate")
-        for path in filter(None, listed.split("\0")):
+        for path in filter(None, listed.split("\n")):
+            if not g.is_file(path):
+                continue
             g.download(path, local)
             if keyscan.scan_file(local) is not None:
                 g.rm(path)

@@ -338,10 +338,15 @@ def test_guest_side_code_is_python_39_and_stdlib_only(module: str) -> None:
 
 
 class LocalGuest:
-    """The guestfs calls strip_doc_keys makes, on this host's files."""
+    """The guestfs calls strip_doc_keys makes, on this host's files. Like guestfs, sh returns
+    a C string: whatever follows a NUL is lost (a NUL-separated list once lost all but one)."""
 
     def sh(self, script: str) -> str:
-        return subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout.decode()
+        out = subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout
+        return out.split(b"\0", 1)[0].decode()
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
 
     def download(self, path: str, local: str) -> None:
         shutil.copyfile(path, local)

@@ -159,7 +159,8 @@ def edit(path: Path) -> None:
 CODE_EDITS = {
     "steps/agent.py": (False, False, True),
     "agent/venv.py": (False, False, True),  # imported by the agent step's module only
-    "boottest/guest_facts.py": (False, False, True),  # the key detector the strip uses
+    "keyscan.py": (False, True, True),  # the key detector: the strip (agent) and hygiene (config)
+    "agent/slim.py": (False, False, True),
     "steps/hygiene.py": (False, True, True),
     "steps/user.py": (False, True, True),
     "steps/apt.py": (True, True, True),
