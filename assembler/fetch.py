@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from assembler.digestmemo import sha256_of
 from assembler.distros import Release
 from assembler.download import (
     NotFoundError,
@@ -321,7 +322,7 @@ def operator_base(base: str, sha256: str | None) -> FetchedBase:
         raise UsageError(f"base image {path} does not exist")
     if sniff_disk_image(path) is None:
         raise UsageError(f"base image {path} is not a disk image ({not_a_disk_hint(path)})")
-    digest = hash_file(path, HashAlgo.SHA256)
+    digest = sha256_of(path)
     if sha256 is not None and digest != sha256:
         raise DownloadError(f"base image {path} has sha256 {digest}, not the --sha256 given")
     return FetchedBase(
