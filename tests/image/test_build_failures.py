@@ -44,7 +44,7 @@ def build_argv(base: Path, out: Path, *extra: str) -> list[str]:
 def test_failing_step_is_one_line_and_leaves_nothing(debian_base: Path, tmp_path: Path) -> None:
     out_dir, cache = tmp_path / "out", tmp_path / "cache"
     out_dir.mkdir()
-    # Inside the appliance 127.0.0.1 is the appliance itself: nothing answers, apt fails.
+    # Nothing answers on 127.0.0.1:9: the host's apt fails to fetch the build's sources.
     proc = subprocess.run(
         build_argv(debian_base, out_dir / "x.qcow2", "--mirror", "http://127.0.0.1:9/debian"),
         capture_output=True, text=True, timeout=600, check=False,
@@ -52,7 +52,9 @@ def test_failing_step_is_one_line_and_leaves_nothing(debian_base: Path, tmp_path
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: step apt-prepare failed: "), proc.stderr
+    assert last.startswith("error: step packages failed: resolving packages on the host"), (
+        proc.stderr
+    )
     assert "Traceback" not in proc.stderr
     assert leftovers(out_dir, cache) == []
 
