@@ -15,10 +15,11 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from assembler.manifest import sha256_file
 from assembler.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def load(sha256: str, root: Path | None = None) -> BaseFacts | None:
             return None
         facts = BaseFacts(**{**doc, "directory": str(entry)})
         for name, digest in facts.files.items():
-            if _sha256(entry / name) != digest:
+            if sha256_file(entry / name) != digest:
                 log.warning("base facts %s: %s is damaged; read again", sha256[:12], name)
                 return None
     except (OSError, ValueError, TypeError, KeyError):
@@ -117,11 +118,3 @@ def save(
     if loaded is None:
         raise OSError(f"base facts for {sha256[:12]} could not be written")
     return loaded
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def describe(facts: BaseFacts) -> dict[str, Any]:
-    return {k: v for k, v in asdict(facts).items() if k != "directory"}

@@ -10,11 +10,11 @@ is ignored and rewritten.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from assembler.manifest import sha256_file
 from assembler.paths import cache_dir
 
 MAX_ENTRIES = 64
@@ -38,11 +38,7 @@ def sha256_of(path: Path) -> str:
             memo = {k: v for k, v in loaded.items() if isinstance(v, str)}
     if key in memo:
         return memo[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            digest.update(chunk)
-    value = digest.hexdigest()
+    value = sha256_file(path)
     if _stamp(path.stat()) != _stamp(st):
         return value  # changed while being read: worth nothing for next time
     memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}|")}

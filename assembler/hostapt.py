@@ -2,11 +2,12 @@
 guest's own dpkg status, architecture and trusted keys and the build's sources, so the appliance
 runs no `apt-get update` and downloads nothing; only dpkg's own work stays under emulation.
 
-apt verifies every index and package as usual (the guest's keys, never the host's). Its lists
+apt verifies every index and download as usual (the guest's keys, never the host's). Its lists
 and archives are kept per source set under $XDG_CACHE_HOME/trove-image-assembler/packages, so a
-repeated build downloads nothing (apt checks the cached .debs' hashes against the index and
-fetches again what does not match). Each .deb the guest gets is then repacked with its data
-uncompressed (assembler.debrepack), cached by the original's sha256 with its own sha256 beside.
+repeated build downloads nothing. apt takes a cached .deb of the right size as it is, so the
+build hashes each against the verified index itself and fetches again what does not match.
+Each .deb the guest gets is then repacked with a zstd data member (assembler.debrepack), cached
+by the original's sha256 with its own sha256 beside.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from assembler import debrepack
 from assembler.basefacts import BaseFacts
 from assembler.errors import BuildError, CommandError
+from assembler.manifest import sha256_file
 from assembler.paths import cache_dir
 from assembler.run import run
 
@@ -124,7 +126,7 @@ def fetch(
     sources: str,
     packages: list[str],
     scratch: Path,
-    extra_keys: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
+    extra_keys: Sequence[tuple[str, bytes]] = (),
     root: Path | None = None,
 ) -> Fetched:
     """Resolve `packages` for the guest described by `base` and have every .deb it needs."""
@@ -195,7 +197,7 @@ def _verified(
         out, bad = [], []
         for name, version, arch in chosen:
             deb, bare = _package(area, name, version, arch)
-            digest = _sha256(deb)
+            digest = sha256_file(deb)
             if expected.get(deb.name) != digest:
                 bad.append(deb)
             out.append((deb, bare, version, arch, digest))
@@ -231,7 +233,7 @@ def _repacked(item: tuple[Path, str, str, str, str]) -> Package:
     plain = plain_dir / f"{sha256}.deb"
     check = plain.with_suffix(".sha256")
     try:
-        good = check.read_text().strip() == _sha256(plain)
+        good = check.read_text().strip() == sha256_file(plain)
     except OSError:
         good = False
     if not good:
@@ -241,13 +243,5 @@ def _repacked(item: tuple[Path, str, str, str, str]) -> Package:
             debrepack.repack(deb, plain, REPACK_CODEC)
         except debrepack.DebError as exc:
             raise BuildError("packages", f"cannot repack {deb.name}: {exc}") from exc
-        check.write_text(_sha256(plain) + "\n")
+        check.write_text(sha256_file(plain) + "\n")
     return Package(name, version, arch, deb, sha256, plain)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

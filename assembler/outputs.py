@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,6 @@ class OutputCache:
             try:
                 os.link(output, tmp)
             except OSError:
-                import shutil
-
                 shutil.copyfile(output, tmp)
             os.replace(tmp, image)
             doc = {"sha256": sha256, "size": image.stat().st_size, "layer": layer_ident}
