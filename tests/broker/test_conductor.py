@@ -93,9 +93,11 @@ class FakeAgent:
         # What the real agent does first (EndNotification): fails without trove_notification.
         ctxt.notification.payload.update({"instance_id": self.guest_id})
         self.prepared.append((ctxt, kwargs))
+        # Started before it is published: __exit__ may run the moment `called` is set.
+        worker = threading.Thread(target=self._report, args=(ctxt,), daemon=True)
+        worker.start()
+        self._worker = worker
         self.called.set()
-        self._worker = threading.Thread(target=self._report, args=(ctxt,), daemon=True)
-        self._worker.start()
 
     def _report(self, ctxt: Any) -> None:
         for status in self.statuses:
