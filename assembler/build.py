@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from assembler import accel as accel_mod
-from assembler import basefacts, embed
+from assembler import basefacts, embed, stacked
 from assembler.agent.devkeys import KeyPair, authorize_on_controller, save_beside
 from assembler.agent.payload import agent_wheelhouse, check_agent
-from assembler.config import BuildConfig
+from assembler.config import BuildConfig, Compression
 from assembler.convert import convert, image_info
 from assembler.distros import apt_sources
 from assembler.errors import UsageError
 from assembler.facts import Facts
 from assembler.fetch import resolve_base
-from assembler.formats import FORMATS
+from assembler.formats import FORMATS, ImageFormat
 from assembler.images import DiskImage, inspect_disk
 from assembler.layers import Entry, LayerCache, Parent
 from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
@@ -243,6 +243,7 @@ def build(cfg: BuildConfig) -> Manifest:
         facts = replace(facts, scratch=Path(work))
         below = Parent(base.path, base.format, sha)
         entries: dict[str, Entry] = {}
+        lower: Parent | None = None
         for layer in LAYERS:
             if not layer.when(cfg, facts):
                 continue
@@ -266,6 +267,7 @@ def build(cfg: BuildConfig) -> Manifest:
             )
             manifest.layers.append(_layer_record(entry, hit))
             facts = facts.learn({k: entry.record[k] for k in layer.gives})
+            lower = below if entries else None  # the layer the top lies on, if any
             entries[layer.name] = entry
             below = Parent(store.overlay(entry), "qcow2", entry.ident)
         system, top = entries["system"], entry
@@ -279,7 +281,7 @@ def build(cfg: BuildConfig) -> Manifest:
             manifest.private_keys = [f"/home/{cfg.guest_username}/.ssh/id_ed25519"]
             manifest.agent["dev_public_key"] = dev_key.public
         started = time.monotonic()
-        sha256 = _output(cfg, below, cache, private=store is not cache)
+        sha256 = _output(cfg, below, lower, cache, private=store is not cache)
         manifest.steps.append(StepRecord("convert", time.monotonic() - started))
     info = image_info(cfg.output)
     manifest.output = {
@@ -303,20 +305,53 @@ def build(cfg: BuildConfig) -> Manifest:
     return manifest
 
 
-def _output(cfg: BuildConfig, top: Parent, cache: LayerCache, private: bool) -> str:
-    """The output from the top layer: a copy of the same output made before, or converted
-    (and kept for next time). Returns its sha256."""
+def _output(
+    cfg: BuildConfig, top: Parent, lower: Parent | None, cache: LayerCache, private: bool
+) -> str:
+    """The output from the top layer: a copy of the same output made before, the top laid over
+    the kept compressed flattening of the layers below it, or converted whole (and kept for
+    next time). Returns its sha256."""
     outputs = OutputCache(cache.root / "outputs")
     key = output_key(top.ident, str(cfg.image_format), str(cfg.compression))
     stored = None if private else outputs.copy_to(key, cfg.output)
     if stored is not None:
         return stored.sha256
-    log.info("converting to %s", cfg.image_format)
-    convert(top.path, cfg.image_format, cfg.output, str(cfg.compression))
+    if not _stacked(cfg, top, lower, outputs):
+        log.info("converting to %s", cfg.image_format)
+        convert(top.path, cfg.image_format, cfg.output, str(cfg.compression))
     sha256 = sha256_file(cfg.output)
     if not private:
         outputs.store(key, cfg.output, sha256, top.ident)
     return sha256
+
+
+def _stacked(cfg: BuildConfig, top: Parent, lower: Parent | None, outputs: OutputCache) -> bool:
+    """A compressed qcow2 whose top layer lies on another layer: the lower layers' compressed
+    clusters are reused as they are (assembler/stacked.py). False when it does not apply."""
+    if cfg.image_format is not ImageFormat.QCOW2 or cfg.compression is Compression.NONE:
+        return False
+    if lower is None:  # the top lies on the base itself: nothing below to keep
+        return False
+    lower_key = output_key(lower.ident, "qcow2-lower", str(cfg.compression))
+    tmp = cfg.output.with_name(f".{cfg.output.name}.{os.getpid()}.stacked.partial")
+    try:
+        if outputs.copy_to(lower_key, tmp) is None:
+            log.info("flattening the layers below the top (kept for the next rebuild)")
+            convert(lower.path, ImageFormat.QCOW2, tmp, str(cfg.compression))
+            outputs.store(lower_key, tmp, sha256_file(tmp), lower.ident)
+            # The store hard-linked tmp: the output is laid over a checked copy instead.
+            tmp.unlink()
+            if outputs.copy_to(lower_key, tmp) is None:
+                raise OSError("the kept lower flattening could not be read back")
+        try:
+            stacked.lay_over(top.path, tmp)
+        except stacked.Unstackable as exc:
+            log.info("converting the whole chain: %s", exc)
+            return False
+        os.replace(tmp, cfg.output)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _layer_record(entry: Entry, hit: bool) -> dict[str, Any]:

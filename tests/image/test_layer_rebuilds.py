@@ -4,6 +4,7 @@ build made again and which it took from the cache."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -127,3 +128,55 @@ def test_another_agent_rebuilds_only_the_guest_layer(
     # What the system layer installed is all there, from the cache.
     assert g.is_file("/usr/sbin/dockerd")
     assert other.manifest["packages"] == raw_production.manifest["packages"]
+    # The qcow2 is the agent layer laid over the compressed flattening of the layers below.
+    assert STACKED in other.stderr
+    assert_reads_as_its_chain(other)
+
+
+STACKED = "top layer laid over the kept lower layers"
+FLATTENING = "flattening the layers below the top"
+
+
+def assert_reads_as_its_chain(built: Built) -> None:
+    top = layers(built)["agent"]
+    chain = Path(os.environ["ASSEMBLER_LAYER_CACHE"]) / f"{top['key']}.{top['generation']}.qcow2"
+    compare = subprocess.run(["qemu-img", "compare", "-q", chain, built.image], check=False)
+    assert compare.returncode == 0, f"{built.image} does not read as the layers it came from"
+
+
+def kept(layer_ident: str) -> list[Path]:
+    """The output cache's images made from the layer `layer_ident`."""
+    outputs = Path(os.environ["ASSEMBLER_LAYER_CACHE"]) / "outputs"
+    return [
+        meta.with_suffix(".img")
+        for meta in outputs.glob("*.json")
+        if json.loads(meta.read_text())["layer"] == layer_ident
+    ]
+
+
+def test_the_kept_lower_flattening_is_reused_and_checked(
+    raw_production: Built, tmp_path: Path
+) -> None:
+    """With the finished output gone from the cache, the same build lays the agent layer over
+    the kept lower flattening (no flattening again); a damaged one is caught and made anew."""
+    first = rebuild(raw_production, tmp_path / "first.qcow2", "--agent-version", OTHER_AGENT)
+    *_, below, agent = first.manifest["layers"]
+    for image in kept(f"{agent['key']}.{agent['generation']}"):
+        image.unlink()  # the finished output: this build must lay the top over again
+    again = rebuild(raw_production, tmp_path / "again.qcow2", "--agent-version", OTHER_AGENT)
+    assert LAUNCH not in again.stderr
+    assert STACKED in again.stderr and FLATTENING not in again.stderr
+    assert_reads_as_its_chain(again)
+
+    (lower,) = kept(f"{below['key']}.{below['generation']}")
+    damaged = tmp_path / "damaged.img"
+    shutil.copyfile(lower, damaged)
+    with damaged.open("r+b") as f:
+        f.seek(3 << 20)
+        f.write(b"flipped")
+    os.replace(damaged, lower)
+    for image in kept(f"{agent['key']}.{agent['generation']}"):
+        image.unlink()
+    third = rebuild(raw_production, tmp_path / "third.qcow2", "--agent-version", OTHER_AGENT)
+    assert "damaged" in third.stderr and FLATTENING in third.stderr and STACKED in third.stderr
+    assert_reads_as_its_chain(third)
