@@ -79,6 +79,12 @@ class Finding(NamedTuple):
     offset: int  # of its first marker in the file
 
 
+def grep_patterns() -> list[str]:
+    """`grep -F` arguments for the candidates: the markers, which quoted and escaped keys hold
+    too. The build's strip and the boot check both pick files with these."""
+    return [arg for m in MARKERS for arg in ("-e", m.decode())]
+
+
 def is_key_body(body: bytes, min_body: int = MIN_BODY) -> bool:
     """Whether the text between a key's markers is key material (the rule above)."""
     text = _ESCAPED_EOL.sub(b"\n", body)

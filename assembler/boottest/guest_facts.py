@@ -97,7 +97,7 @@ def private_keys(root: str = "/") -> list[dict[str, Any]]:
     emulation. grep looks for the detector's own fixed strings, which escaped and quoted keys
     contain too; the shared detector (assembler/keyscan.py) then decides on the few it lists.
     """
-    patterns = [arg for m in keyscan.MARKERS for arg in ("-e", m.decode())]
+    patterns = keyscan.grep_patterns()
     try:
         finder = subprocess.Popen(
             ["find", root, "-xdev", "-type", "f", "-print0"],

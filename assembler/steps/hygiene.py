@@ -50,7 +50,7 @@ def clean(g: Any, cfg: BuildConfig) -> None:
 def strip_doc_keys(g: Any, docs: str = DOCS) -> list[str]:
     """Remove the files under `docs` that hold a private key; return their paths. grep picks
     the candidates in the appliance, the shared detector decides on a host copy of each."""
-    patterns = " ".join(f"-e {shlex.quote(m.decode())}" for m in keyscan.MARKERS)
+    patterns = shlex.join(keyscan.grep_patterns())
     listed = sh(
         g,
         "hygiene",
