@@ -231,10 +231,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             if i:
                 out.unlink()
         if args.boot:
-            for i in range(args.repeat):
-                log(f"ours, boot test {i + 1}/{args.repeat}")
-                seconds, _ = assembler("boot-test", str(work / "ours-0.qcow2"))
-                runs.setdefault("boot-test", []).append({"seconds": seconds})
+            # Once: that the result boots is the point; its time is no target (2.3 min here).
+            log("ours, boot test")
+            seconds, _ = assembler("boot-test", str(work / "ours-0.qcow2"))
+            runs.setdefault("boot-test", []).append({"seconds": seconds})
         files = work / "files"
         peer.collect_files(work / "ours-0.qcow2", files)
         from assembler.agent.wheelhouse import PypiAgent, WheelhouseSpec, build_wheelhouse
