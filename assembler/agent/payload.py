@@ -18,6 +18,7 @@ from assembler.agent.venv import (
     STEP,
     VENV_PREFIX,
     WHEELS_PREFIX,
+    compile_venv,
     host_can_compile,
     host_path,
     lay_out_venv,
@@ -85,14 +86,7 @@ def prepare_agent(cfg: BuildConfig, workdir: Path, wheelhouse: Wheelhouse) -> Ag
     """Lay out the venv for `wheelhouse` (from agent_wheelhouse) under workdir, to upload."""
     staging = workdir / "agent-root"
     staging.mkdir()
-    # Byte-compiled here when the host's Python matches the guest's: the first agent start
-    # under emulation then skips compiling ~10,000 modules.
-    lay_out_venv(
-        wheelhouse,
-        staging,
-        include_agent=not cfg.dev_mode,
-        compile_bytecode=host_can_compile(wheelhouse.python),
-    )
+    lay_out_venv(wheelhouse, staging, include_agent=not cfg.dev_mode)
     # Keys first: the promise holds whatever the slimming rules, and the manifest names them.
     removed = strip_private_keys(staging)
     site = site_packages(VENV_PREFIX, wheelhouse.python)
@@ -102,6 +96,13 @@ def prepare_agent(cfg: BuildConfig, workdir: Path, wheelhouse: Wheelhouse) -> Ag
         host_path(staging, site), [str(p.relative_to(site)) for p in gone if p.is_relative_to(site)]
     )
     slimmed = slim_venv(host_path(staging, site))
+    # Byte-compiled here when the host's Python matches the guest's: the first agent start
+    # under emulation then skips compiling ~10,000 modules. After slimming, so no test suite
+    # is compiled to be thrown away; then scanned again, since bytecode joins what the source
+    # split (a key in adjacent string literals is one constant in the .pyc).
+    if host_can_compile(wheelhouse.python):
+        compile_venv(staging, VENV_PREFIX, wheelhouse.python)
+        removed += strip_private_keys(staging)
     subtrees = [VENV_PREFIX]
     if cfg.dev_mode:
         stage_wheelhouse(wheelhouse, staging)

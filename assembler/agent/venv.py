@@ -92,11 +92,8 @@ def lay_out_venv(
     host's Python has the guest's major.minor (the format is version-specific).
     """
     python = wheelhouse.python
-    if compile_bytecode and not host_can_compile(python):
-        raise UsageError(
-            f"cannot byte-compile for the guest's Python {python} with this host's Python "
-            f"{sys.version_info[0]}.{sys.version_info[1]}"
-        )
+    if compile_bytecode:
+        _require_host_python(python)  # before anything is written
     root = host_path(staging, prefix)
     if root.exists():
         raise UsageError(f"{root} already exists; the venv is laid out into an empty place")
@@ -106,7 +103,7 @@ def lay_out_venv(
     for wheel in wheels:
         _install(wheel, staging, prefix, python)
     if compile_bytecode:
-        _compile(staging, prefix, python)
+        compile_venv(staging, prefix, python)
     log.info(
         "laid out the agent venv for Python %s: %d distributions in %.1f s",
         python,
@@ -140,10 +137,20 @@ def _skeleton(root: Path, prefix: PurePosixPath, python: str) -> None:
     (bin_dir / "activate").write_text(_ACTIVATE.format(prefix=prefix, name=prefix.name))
 
 
-def _compile(staging: Path, prefix: PurePosixPath, python: str) -> None:
+def _require_host_python(python: str) -> None:
+    if not host_can_compile(python):
+        raise UsageError(
+            f"cannot byte-compile for the guest's Python {python} with this host's Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]}"
+        )
+
+
+def compile_venv(staging: Path, prefix: PurePosixPath, python: str) -> None:
     """Byte-compile site-packages as the guest will import it. Checked-hash .pyc files hold
     the source's hash, not its mtime (the time this build unpacked it): two builds of the same
-    wheels write the same bytes, and the guest still rejects a .pyc whose source changed."""
+    wheels write the same bytes, and the guest still rejects a .pyc whose source changed.
+    Only a host Python of the guest's major.minor can (the format is version-specific)."""
+    _require_host_python(python)
     guest_lib = site_packages(prefix, python)
     # A file that does not compile (Python 2 examples some distributions ship) is left as
     # source, as pip leaves it: its return value is not an error.
