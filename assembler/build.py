@@ -338,11 +338,8 @@ def _stacked(cfg: BuildConfig, top: Parent, lower: Parent | None, outputs: Outpu
         if outputs.copy_to(lower_key, tmp) is None:
             log.info("flattening the layers below the top (kept for the next rebuild)")
             convert(lower.path, ImageFormat.QCOW2, tmp, str(cfg.compression))
-            outputs.store(lower_key, tmp, sha256_file(tmp), lower.ident)
-            # The store hard-linked tmp: the output is laid over a checked copy instead.
-            tmp.unlink()
-            if outputs.copy_to(lower_key, tmp) is None:
-                raise OSError("the kept lower flattening could not be read back")
+            # A copy, not a link: tmp is written over next, the kept file must not be.
+            outputs.store(lower_key, tmp, sha256_file(tmp), lower.ident, link=False)
         try:
             stacked.lay_over(top.path, tmp)
         except stacked.Unstackable as exc:

@@ -72,15 +72,21 @@ class OutputCache:
         log.info("output from the cache (%s): no convert", key[:12])
         return stored
 
-    def store(self, key: str, output: Path, sha256: str, layer_ident: str) -> None:
-        """Keep `output` for key: a hard link (a copy across filesystems)."""
+    def store(
+        self, key: str, output: Path, sha256: str, layer_ident: str, link: bool = True
+    ) -> None:
+        """Keep `output` for key: a hard link (a copy across filesystems, or when the caller
+        goes on writing to `output`: link=False)."""
         image, meta = self._paths(key)
         tmp = self.root / f".{key}.{os.getpid()}.partial"
         tmp.unlink(missing_ok=True)
         try:
-            try:
-                os.link(output, tmp)
-            except OSError:
+            if link:
+                try:
+                    os.link(output, tmp)
+                except OSError:
+                    link = False
+            if not link:
                 shutil.copyfile(output, tmp)
             os.replace(tmp, image)
             doc = {"sha256": sha256, "size": image.stat().st_size, "layer": layer_ident}

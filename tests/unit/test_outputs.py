@@ -48,6 +48,20 @@ def test_an_output_edited_in_place_is_caught_and_dropped(tmp_path: Path) -> None
     assert not list((tmp_path / "outputs").iterdir())
 
 
+def test_a_copied_entry_outlives_edits_to_the_file_it_came_from(tmp_path: Path) -> None:
+    """link=False: the caller writes over its file afterwards (the stacked output does)."""
+    cache = OutputCache(tmp_path / "outputs")
+    first = tmp_path / "lower.qcow2"
+    first.write_bytes(b"a" * 100_000)
+    digest = sha256_file(first)
+    key = output_key("layer.1", "qcow2-lower", "zlib")
+    cache.store(key, first, digest, "layer.1", link=False)
+    with first.open("r+b") as f:
+        f.write(b"b")
+    stored = cache.copy_to(key, tmp_path / "again.qcow2")
+    assert stored is not None and stored.sha256 == digest
+
+
 def test_prune_drops_outputs_of_layers_gone(tmp_path: Path) -> None:
     cache = OutputCache(tmp_path / "outputs")
     for ident in ("kept.1", "gone.1"):
