@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libguestfs-tools guestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
 	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
 	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl \
-	zstd docker-registry postgresql
+	zstd docker-registry postgresql ovmf
 
 # `make image` options, passed on only when set (trovestack's defaults otherwise).
 GUEST_OS ?=

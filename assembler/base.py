@@ -1,13 +1,15 @@
 """The base image: a distro cloud image built from the package archive with debootstrap.
 
-What later steps rely on: a GPT disk whose partition 1 is a 1 MiB BIOS boot partition and whose
-partition 2, the last one on the disk, is the ext4 root labelled `cloudimg-rootfs` (so it can be
-grown to the end of a larger disk); GRUB for BIOS on the serial console; cloud-init, sshd, sudo
-and python3; and no machine identity (empty machine-id, no ssh host keys, no apt lists).
+What later steps rely on: a GPT disk laid out as the distro's own cloud images are
+(assembler.layouts: the ext4 root `cloudimg-rootfs` physically last, so it can be grown to the
+end of a larger disk; a BIOS boot partition and an ESP mounted at /boot/efi; noble's separate
+/boot); GRUB for BIOS and for UEFI on the serial console; cloud-init, sshd, sudo and python3;
+and no machine identity (empty machine-id, no ssh host keys, no apt lists).
 
 The root tree is built natively on the host (debootstrap, then apt in a chroot) because dpkg in
-the TCG appliance is several times slower. One appliance launch then partitions the disk, lays the
-tree on it and installs the boot loader, which needs the real disk to probe.
+the TCG appliance is several times slower. The host writes the partition table (sfdisk keeps
+the distros' partition numbers); one appliance launch then makes the filesystems, lays the tree
+on them and installs the boot loaders, which need the real disk to probe.
 """
 
 from __future__ import annotations
@@ -27,19 +29,23 @@ from typing import Any
 
 from assembler import cancel
 from assembler.accel import Accel
+from assembler.digestmemo import sha256_of
 from assembler.distros import Release, apt_sources
 from assembler.errors import BuildError, CommandError, UsageError
+from assembler.fetch import FetchedBase, Origin
 from assembler.guest import appliance, sh
+from assembler.layouts import LAYOUTS, Firmware, Layout
 from assembler.paths import cache_dir
 from assembler.resources import resource
 from assembler.run import run
+from assembler.sources import HashAlgo
 
 log = logging.getLogger(__name__)
 
 STEP = "base"
 
 # Bump whenever the recipe below changes in a way that changes the image: it is part of the key.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the distros' hybrid layouts, GRUB for UEFI too
 
 # Beyond debootstrap's minbase and the release's kernel; installed without Recommends.
 PACKAGES: tuple[str, ...] = (
@@ -47,6 +53,8 @@ PACKAGES: tuple[str, ...] = (
     "udev",
     "dbus",
     "grub-pc",
+    "grub-efi-amd64-bin",  # GRUB for UEFI; unlike grub-efi-amd64 it installs beside grub-pc
+    "dosfstools",  # fsck.vfat for the ESP at boot
     "cloud-init",
     "cloud-guest-utils",  # growpart, which cloud-init uses to grow the root partition
     "openssh-server",
@@ -63,14 +71,14 @@ PACKAGES: tuple[str, ...] = (
     "zstd",  # initramfs-tools compresses with it and warns on every kernel update without it
 )
 
-ROOT_LABEL = "cloudimg-rootfs"
-BIOS_BOOT_PART = 1
-ROOT_PART = 2
-BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"  # GPT type GUID of a BIOS boot partition
-# In 512-byte sectors: the BIOS boot partition fills 1-2 MiB, the root starts at 2 MiB and ends
-# at the last usable sector (the backup GPT takes the final 33).
-BIOS_BOOT_SECTORS = (2048, 4095)
-ROOT_START_SECTOR = 4096
+# The boot loader for each firmware, run in the laid-down tree ({disk}: the appliance's disk).
+# --removable --no-nvram: a cloud's NVRAM starts empty, so only EFI/BOOT/BOOTX64.EFI boots.
+GRUB_INSTALL: dict[Firmware, str] = {
+    Firmware.BIOS: "grub-install --target=i386-pc {disk}",
+    Firmware.UEFI: (
+        "grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram"
+    ),
+}
 
 # Files laid into the tree as they are, from overlays/base/<same path>.
 OVERLAY_FILES: tuple[str, ...] = (
@@ -110,6 +118,11 @@ class BaseSpec:
     release: Release  # from distros.RELEASES
     mirror: str | None = None  # archive URL; None = release.distro.archive
     size_gb: int = 2  # virtual disk size; the root (~600 MB used) is grown by later steps
+    layout: str | None = None  # a key of layouts.LAYOUTS; None: the release's own
+
+    @property
+    def disk_layout(self) -> Layout:
+        return LAYOUTS[self.layout or self.release.layout]
 
 
 def base_key(spec: BaseSpec) -> str:
@@ -126,8 +139,20 @@ def base_key(spec: BaseSpec) -> str:
         "install_script": INSTALL_SCRIPT,
         "overlay": {rel: hashlib.sha256(data).hexdigest() for rel, data in _overlay_files()},
         "size_gb": spec.size_gb,
+        "layout": repr(spec.disk_layout),
+        "grub": {str(f): GRUB_INSTALL[f] for f in spec.disk_layout.firmware},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def archive_base(spec: BaseSpec, accel: Accel) -> FetchedBase:
+    """`--base archive`: the base from the package archive, built once and cached by its key."""
+    check_host(spec)
+    path = cached_base(spec, accel)
+    return FetchedBase(
+        path=path, url=_archive(spec), algo=HashAlgo.SHA256, digest=sha256_of(path),
+        signed=False, signer=None, origin=Origin.ARCHIVE,
+    )  # fmt: skip
 
 
 def cached_base(spec: BaseSpec, accel: Accel) -> Path:
@@ -165,8 +190,8 @@ def build_base(spec: BaseSpec, output: Path, accel: Accel) -> None:
             _make_generic(root)
             _pack(root, tarball)
             _remove_tree(root)  # halves the peak disk use of a build
-            _create_disk(disk, spec.size_gb)
-            _timed("appliance phase", _lay_down, disk, tarball, accel)
+            _create_disk(disk, scratch / "disk.raw", spec)
+            _timed("appliance phase", _lay_down, disk, tarball, spec.disk_layout, accel)
         finally:
             _remove_tree(scratch)
         disk.chmod(0o644)  # mkstemp made it private; an image is no secret
@@ -184,6 +209,9 @@ def check_host(spec: BaseSpec) -> None:
     what = f"a {release.distro.name} {release.codename} base"
     if os.geteuid() != 0:
         raise UsageError(f"building {what} needs root (debootstrap and chroot)")
+    layout = spec.disk_layout
+    if spec.size_gb * 2**30 // 512 < layout.min_sectors:
+        raise UsageError(f"a {spec.size_gb} GB disk is too small for the {layout.name} layout")
     if not Path(release.distro.keyring).is_file():
         raise UsageError(
             f"building {what} needs {release.distro.keyring} on the host: install the package "
@@ -303,41 +331,36 @@ def _pack(root: Path, tarball: Path) -> None:
          "."])  # fmt: skip
 
 
-def _create_disk(disk: Path, size_gb: int) -> None:
-    run(["qemu-img", "create", "-q", "-f", "qcow2", disk, f"{size_gb}G"])
+def _create_disk(disk: Path, raw: Path, spec: BaseSpec) -> None:
+    """The partition table, written by the host on a sparse raw file, then made the qcow2."""
+    with open(raw, "wb") as f:
+        f.truncate(spec.size_gb * 2**30)
+    script = spec.disk_layout.sfdisk_script(str(raw))
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", raw], input=script)
+    run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, disk])
+    raw.unlink()
 
 
-def _lay_down(disk: Path, tarball: Path, accel: Accel) -> None:
-    """Partition the disk, unpack the tree on it, and make it boot, in one appliance launch."""
+def _lay_down(disk: Path, tarball: Path, layout: Layout, accel: Accel) -> None:
+    """Make the filesystems, unpack the tree on them, and make it boot, in one appliance launch."""
     try:
         with appliance([(disk, "qcow2")], accel=accel) as g:
             dev = g.list_devices()[0]
-            root = _partition(g, dev)
-            g.mkfs("ext4", root, label=ROOT_LABEL)
-            g.mount(root, "/")
+            for part, fs in layout.mounted():
+                g.mkfs(fs.fstype, f"{dev}{part.number}", label=fs.label)
+            for part, fs in layout.mounted():
+                if fs.mountpoint != "/":
+                    g.mkdir_p(fs.mountpoint)  # on the filesystem mounted just before it
+                g.mount(f"{dev}{part.number}", fs.mountpoint)
             g.tar_in(str(tarball), "/", xattrs=True)
-            g.write("/etc/fstab", _fstab())
+            g.write("/etc/fstab", layout.fstab())
             # g.sh runs in the guest's root with /dev, /proc and /sys bound in, as GRUB needs.
-            sh(g, STEP, f"grub-install --target=i386-pc {dev} && update-grub")
+            grub = [GRUB_INSTALL[f].format(disk=dev) for f in layout.firmware]
+            sh(g, STEP, " && ".join([*grub, "update-grub"]))
             g.umount_all()
     except RuntimeError as exc:  # libguestfs reports every failure this way
         cancel.check()
         raise BuildError(STEP, _tail(exc)) from exc
-
-
-def _partition(g: Any, dev: str) -> str:
-    """GPT: BIOS boot partition first, root last so it can grow to the end of the disk."""
-    g.part_init(dev, "gpt")
-    g.part_add(dev, "p", *BIOS_BOOT_SECTORS)
-    g.part_add(dev, "p", ROOT_START_SECTOR, -34)
-    g.part_set_gpt_type(dev, BIOS_BOOT_PART, BIOS_BOOT_TYPE)
-    g.part_set_name(dev, ROOT_PART, ROOT_LABEL)
-    return f"{dev}{ROOT_PART}"
-
-
-def _fstab() -> str:
-    # By label: a grown or copied disk keeps it, and the guest's device names don't matter.
-    return f"LABEL={ROOT_LABEL}\t/\text4\tdefaults,discard,errors=remount-ro\t0\t1\n"
 
 
 def _remove_tree(path: Path) -> None:

@@ -17,7 +17,8 @@ from assembler import accel as accel_mod
 from assembler import basefacts, embed, stacked
 from assembler.agent.devkeys import KeyPair, authorize_on_controller, save_beside
 from assembler.agent.payload import agent_wheelhouse, check_agent
-from assembler.config import BuildConfig, Compression
+from assembler.base import BaseSpec, archive_base
+from assembler.config import ARCHIVE_BASE, BuildConfig, Compression
 from assembler.convert import convert, image_info
 from assembler.distros import apt_sources
 from assembler.errors import UsageError
@@ -68,6 +69,7 @@ SYSTEM = Layer(
         ("inspect", disk.inspect),
         ("grow-root", disk.grow_root),
         ("mount", disk.mount),
+        ("firmware", disk.firmware),
         ("learn-base", packages.learn_base),
         ("apt-prepare", apt.prepare),
         ("docker-repo", docker.add_docker_repo),
@@ -80,7 +82,7 @@ SYSTEM = Layer(
     inputs=system_inputs,
     prepare=packages.prepare,
     report=packages.report,
-    gives=("mounts",),
+    gives=("mounts", "firmware"),
     ages=True,
     sized=True,
 )
@@ -201,16 +203,22 @@ def check_output(output: Path) -> None:
 def build(cfg: BuildConfig) -> Manifest:
     """Build the image described by cfg at cfg.output, with its manifest beside it."""
     check_output(cfg.output)
-    fetched = resolve_base(
-        cfg.release, cfg.base, cfg.base_sha256, cfg.base_url, cfg.signing_key, cfg.refresh
-    )
+    chosen_accel = accel_mod.resolve(cfg.accel)
+    if cfg.base == ARCHIVE_BASE:
+        if cfg.base_sha256 or cfg.base_url or cfg.signing_key:
+            raise UsageError("--base archive is built here: --sha256, --base-url and "
+                             "--signing-key do not apply")  # fmt: skip
+        fetched = archive_base(BaseSpec(cfg.release, mirror=cfg.mirror), chosen_accel)
+    else:
+        fetched = resolve_base(
+            cfg.release, cfg.base, cfg.base_sha256, cfg.base_url, cfg.signing_key, cfg.refresh
+        )
     base = check_base(fetched.path)
     if cfg.size_bytes < base.virtual_size:
         raise UsageError(
             f"--size {cfg.size_bytes} bytes is smaller than the base image's "
             f"{base.virtual_size} bytes"
         )
-    chosen_accel = accel_mod.resolve(cfg.accel)
     manifest = Manifest(
         inputs=_inputs(cfg, chosen_accel),
         base={
@@ -273,6 +281,7 @@ def build(cfg: BuildConfig) -> Manifest:
         system, top = entries["system"], entry
         manifest.steps = [StepRecord(**s) for layer in manifest.layers for s in layer["steps"]]
         manifest.packages = system.record["packages"]
+        manifest.firmware = list(system.record["firmware"])
         manifest.agent = dict(top.record["agent"])
         manifest.datastore_images = [
             {**f.record(), "landed": str(cfg.embed_mode)} for f in embedded

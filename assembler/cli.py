@@ -38,6 +38,7 @@ from assembler.errors import (
     UsageError,
 )
 from assembler.formats import FORMATS, ImageFormat
+from assembler.layouts import LAYOUTS, Firmware
 
 log = logging.getLogger("assembler")
 COMMANDS = ("build", "base", "fetch", "boot-test", "cache")
@@ -143,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("release", choices=sorted(RELEASES))
     base.add_argument("-o", "--output", help="where to copy it (default: print the cached path)")
     base.add_argument("--mirror", help="package archive URL (default: the distro's)")
+    base.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        help="disk shape (default: the release's cloud images': debian, jammy or noble)",
+    )
     _common(base)
 
     f = sub.add_parser("fetch", help="download and verify the base image; print its path")
@@ -169,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
         "--stall", type=float, help="give up after this many seconds without progress (240)"
     )
     t.add_argument("--cpus", type=int, default=2, help="the guest's vCPUs (2)")
+    t.add_argument(
+        "--firmware",
+        choices=list(Firmware),
+        default=Firmware.BIOS,
+        help="boot with SeaBIOS (bios, the default) or OVMF (uefi: hw_firmware_type=uefi)",
+    )
     t.add_argument(
         "--rabbit",
         action=argparse.BooleanOptionalAction,
@@ -307,7 +319,7 @@ def cmd_base(ns: argparse.Namespace) -> int:
     from assembler.base import BaseSpec, cached_base
 
     release = resolve_release(ns.guest_os, ns.release)
-    spec = BaseSpec(release=release, mirror=parse_mirror(ns.mirror))
+    spec = BaseSpec(release=release, mirror=parse_mirror(ns.mirror), layout=ns.layout)
     requested = Accel(ns.accel or os.environ.get("ASSEMBLER_ACCEL") or Accel.AUTO)
     path = cached_base(spec, accel.resolve(requested))
     if ns.output:
@@ -375,6 +387,7 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
         transport_url=ns.transport_url,
         datastore=datastore,
         memory_mb=ns.memory,
+        firmware=Firmware(ns.firmware),
         **({"docker_image": ns.docker_image} if ns.docker_image and not datastore else {}),
     )
     report = run_boot_test(opts, report_path)

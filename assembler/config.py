@@ -294,9 +294,14 @@ def parse_mirror(url: str | None) -> str | None:
     return url.rstrip("/")
 
 
+# `--base archive`: built from the distro's package archive (assembler base) in the same
+# command. A file of that name is `--base ./archive`.
+ARCHIVE_BASE = "archive"
+
+
 def _local_or_url(base: str | None) -> str | None:
     """A local path made absolute (the build runs elsewhere); URLs pass as they are."""
-    if base is None or "://" in base:
+    if base is None or "://" in base or base == ARCHIVE_BASE:
         return base
     return str(Path(base).expanduser().absolute())
 

@@ -47,6 +47,7 @@ class Release:
     default_user: str  # the cloud image's own default user, replaced by the guest user
     # Packages a base image built with `assembler base` carries, beyond debootstrap's minbase.
     kernel_package: str
+    layout: str  # the disk shape of the distro's cloud images, a key of layouts.LAYOUTS
 
 
 UBUNTU = Distro(
@@ -78,9 +79,9 @@ DEBIAN = Distro(
 RELEASES: dict[str, Release] = {
     r.codename: r
     for r in (
-        Release(UBUNTU, "jammy", "22.04", "3.10", "ubuntu", "linux-image-virtual"),
-        Release(UBUNTU, "noble", "24.04", "3.12", "ubuntu", "linux-image-virtual"),
-        Release(DEBIAN, "bookworm", "12", "3.11", "debian", "linux-image-cloud-amd64"),
+        Release(UBUNTU, "jammy", "22.04", "3.10", "ubuntu", "linux-image-virtual", "jammy"),
+        Release(UBUNTU, "noble", "24.04", "3.12", "ubuntu", "linux-image-virtual", "noble"),
+        Release(DEBIAN, "bookworm", "12", "3.11", "debian", "linux-image-cloud-amd64", "debian"),
     )
 }
 

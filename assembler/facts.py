@@ -19,6 +19,7 @@ class Facts:
     base_facts: Any = None  # assembler.basefacts.BaseFacts, when cached for this base
     root: str = ""  # the guest's root device
     mounts: dict[str, str] = field(default_factory=dict)
+    firmware: tuple[str, ...] = ()  # what the disk boots with: "bios", "uefi"
     embedded: tuple[Any, ...] = ()  # assembler.embed.Fetched
     wheelhouse: Any = None  # assembler.agent.wheelhouse.Wheelhouse
     dev_key: Any = None  # assembler.agent.devkeys.KeyPair (dev mode)

@@ -60,6 +60,7 @@ HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 class Origin(StrEnum):
     PUBLISHED = "published"  # the publisher's image, checked against its (signed) sums
     OPERATOR = "operator"  # `--base`: the operator's file, or a URL checked against --sha256
+    ARCHIVE = "archive"  # `--base archive`: built here from the distro's package archive
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class Manifest:
     layers: list[dict[str, Any]] = field(default_factory=list)
     # Embedded datastore images: target name, source, digests (never a credential).
     datastore_images: list[dict[str, Any]] = field(default_factory=list)
+    # What the image boots with, "bios" and/or "uefi", read from its disk.
+    firmware: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         from assembler import __version__
@@ -58,6 +60,7 @@ class Manifest:
             "agent": self.agent,
             "private_keys": self.private_keys,
             "datastore_images": self.datastore_images,
+            "firmware": self.firmware,
             "output": self.output,
         }
         # default=str: paths and enums among the inputs

@@ -15,7 +15,8 @@ from typing import Any
 from assembler.boottest.instance import InjectedFile
 
 AGENT_LOG = "/var/log/trove/trove-guestagent.log"
-# Grown root: filesystem within this much of its disk (partition table, ext4 metadata).
+# Grown root: the filesystem within this much of its partition (ext4 metadata), the disk's
+# unallocated space within this much of the disk (partition table, alignment).
 GROW_SLACK = 0.05
 
 
@@ -137,11 +138,22 @@ def _injected(f: dict[str, Any], e: Expectations) -> Verdict:
 
 def _root_grown(f: dict[str, Any], e: Expectations) -> Verdict:
     root = f.get("root", {})
-    fs, disk = root.get("fs_bytes"), root.get("disk_bytes")
-    if not fs or not disk:
+    fs, part = root.get("fs_bytes"), root.get("part_bytes")
+    disk, parts = root.get("disk_bytes"), root.get("partitions_bytes")
+    if not fs or not part or not disk or not parts:
         return False, f"cannot size the root filesystem: {root}"
-    ok = fs >= disk * (1 - GROW_SLACK)
-    return ok, f"root filesystem {fs / 2**30:.2f} GiB on a {disk / 2**30:.2f} GiB disk"
+    gib = 2**30
+    free = disk - parts
+    shape = (
+        f"root filesystem {fs / gib:.2f} GiB in a {part / gib:.2f} GiB partition; "
+        f"other partitions {(parts - part) / gib:.2f} GiB, unallocated {free / gib:.2f} GiB "
+        f"of a {disk / gib:.2f} GiB disk"
+    )
+    if free > disk * GROW_SLACK:
+        return False, shape + ": the partition was not grown"
+    if fs < part * (1 - GROW_SLACK):
+        return False, shape + ": the filesystem was not resized"
+    return True, shape
 
 
 def _private_keys(f: dict[str, Any], e: Expectations) -> Verdict:

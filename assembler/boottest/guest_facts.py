@@ -145,21 +145,30 @@ def private_keys_walk(root: str = "/") -> list[dict[str, Any]]:
 
 
 def root_size() -> dict[str, Any]:
+    """The root filesystem, its partition and every partition of its disk, in bytes.
+
+    A grown root fills its partition and leaves the disk no free space; the disk's other
+    partitions (an ESP, noble's /boot) are not the root's to take.
+    """
     st = os.statvfs("/")
     source = cmd("findmnt", "-n", "-o", "SOURCE", "/")["out"].strip()
-    disk = cmd(
-        "lsblk",
-        "-n",
-        "-d",
-        "-b",
-        "-o",
-        "SIZE",
-        "/dev/" + cmd("lsblk", "-n", "-o", "PKNAME", source)["out"].strip(),
-    )["out"].strip()
+    disk = "/dev/" + cmd("lsblk", "-n", "-o", "PKNAME", source)["out"].strip()
+
+    def sizes(*argv: str) -> list[int]:
+        out = cmd("lsblk", "-n", "-b", *argv)["out"].split()
+        return [int(v) for v in out if v.isdigit()]
+
+    disk_bytes = sizes("-d", "-o", "SIZE", disk)
+    part_bytes = sizes("-d", "-o", "SIZE", source)
+    # -l -o SIZE,TYPE lists the disk and its partitions: keep the partitions' sizes.
+    rows = cmd("lsblk", "-n", "-b", "-l", "-o", "SIZE,TYPE", disk)["out"].splitlines()
+    partitions = [int(r.split()[0]) for r in rows if r.split()[1:] == ["part"]]
     return {
         "fs_bytes": st.f_blocks * st.f_frsize,
         "source": source,
-        "disk_bytes": int(disk) if disk.isdigit() else None,
+        "disk_bytes": disk_bytes[0] if disk_bytes else None,
+        "part_bytes": part_bytes[0] if part_bytes else None,
+        "partitions_bytes": sum(partitions) if partitions else None,
     }
 
 

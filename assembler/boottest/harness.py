@@ -34,6 +34,7 @@ from assembler.boottest.report import Report
 from assembler.boottest.vm import METADATA_ADDR, Forward, MachineSpec, Timeouts, boot, console_tail
 from assembler.errors import AssemblerError, UsageError
 from assembler.images import inspect_disk
+from assembler.layouts import Firmware
 from assembler.manifest import manifest_path
 from assembler.run import run
 
@@ -75,6 +76,7 @@ class BootTestOptions:
     # A database created through Trove's prepare, and what it needs (registry, image, faults).
     datastore: DatastoreOptions | None = None
     memory_mb: int = 1024  # the guest's RAM, sent to prepare as the flavor's
+    firmware: Firmware = Firmware.BIOS  # as Glance's hw_firmware_type asks Nova for
 
 
 # Where the guest reaches the harness's broker: inside its user network, as QEMU requires.
@@ -205,6 +207,7 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
                 disk=disk, volume=volume, config_drive=config_drive, forwards=tuple(forwards),
                 accel=chosen, uuid=inst.uuid, mac=inst.mac, workdir=artifacts, cpus=opts.cpus,
                 memory_mb=opts.memory_mb, published=(launch.published,) if launch else (),
+                firmware=opts.firmware,
             )  # fmt: skip
             bus_calls = None
             if has_agent and broker is not None:
@@ -230,6 +233,7 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
         report = Report(
             image=str(opts.image),
             mode=str(opts.mode),
+            firmware=str(opts.firmware),
             checks=checks,
             boot_seconds=result.boot_seconds,
             metadata_requests=list(metadata.requests) if metadata else [],

@@ -25,6 +25,7 @@ class Report:
     stopped_because: str | None = None  # why the harness stopped waiting, when not for facts
     # The taskmanager's calls and what the conductor heard (statuses with their seconds).
     bus: dict[str, Any] = field(default_factory=dict)
+    firmware: str = "bios"
 
     @property
     def passed(self) -> bool:
@@ -35,6 +36,7 @@ class Report:
             "passed": self.passed,
             "image": self.image,
             "mode": self.mode,
+            "firmware": self.firmware,
             "boot_seconds": None if self.boot_seconds is None else round(self.boot_seconds, 1),
             "checks": [
                 {
@@ -56,7 +58,7 @@ class Report:
 
     def table(self) -> str:
         width = max(len(c.name) for c in self.checks)
-        lines = [f"boot test of {self.image} ({self.mode})"]
+        lines = [f"boot test of {self.image} ({self.mode}, {self.firmware})"]
         for c in self.checks:
             lines.append(f"  {c.name:<{width}}  {c.status.upper():<14}  {c.detail}")
         boot = "n/a" if self.boot_seconds is None else f"{self.boot_seconds:.0f} s"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import subprocess
 import threading
 import time
@@ -23,6 +24,7 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 from assembler import cancel
 from assembler.accel import Accel
 from assembler.boottest.progress import KERNEL_BANNER, Limits, Snapshot, Watch
+from assembler.layouts import Firmware
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ GUEST_NET = "169.254.0.0/16"
 GUEST_HOST = "169.254.0.2"
 DHCP_START = "169.254.0.15"
 METADATA_ADDR = "169.254.169.254"
+# UEFI: Debian's OVMF without Secure Boot (the 4 MiB flash layout); each guest gets its own
+# copy of the variable store, as Nova gives each instance.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class MachineSpec:
     memory_mb: int = 1024
     cpus: int = 2
     published: tuple[Published, ...] = ()
+    firmware: Firmware = Firmware.BIOS
 
     @property
     def console_log(self) -> Path:
@@ -104,6 +111,19 @@ class MachineSpec:
     @property
     def qmp_socket(self) -> Path:
         return self.workdir / "qmp.sock"
+
+    @property
+    def uefi_vars(self) -> Path:
+        return self.workdir / "OVMF_VARS.fd"
+
+    def firmware_argv(self) -> list[str]:
+        """SeaBIOS is QEMU's own default; UEFI is OVMF on the two pflash units."""
+        if self.firmware is Firmware.BIOS:
+            return []
+        return [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}",
+        ]  # fmt: skip
 
     def argv(self) -> list[str]:
         netdev = ",".join(
@@ -128,6 +148,7 @@ class MachineSpec:
             "-chardev", f"file,id=console,path={self.console_log}", "-serial", "chardev:console",
             "-chardev", f"file,id=facts,path={self.facts_log}", "-serial", "chardev:facts",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            *self.firmware_argv(),
         ]  # fmt: skip
         if self.config_drive is not None:
             # Nova attaches the config drive as a CD-ROM, never virtio: the agent formats vdb.
@@ -193,6 +214,8 @@ async def _boot(
     shared: dict[str, Any],
 ) -> BootResult:
     spec.workdir.mkdir(parents=True, exist_ok=True)
+    if spec.firmware is Firmware.UEFI:
+        shutil.copyfile(OVMF_VARS, spec.uefi_vars)
     stderr = (spec.workdir / "qemu.stderr").open("wb")
     log.info("starting QEMU (%s)", spec.accel)
     log.debug("qemu: %s", " ".join(spec.argv()))

@@ -1,10 +1,12 @@
-"""The disk: grow the root partition and filesystem to the overlay's size, mount, trim."""
+"""The disk: grow the root partition and filesystem to the overlay's size, mount, read which
+firmware boots it, trim."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from assembler import firmware as firmware_mod
 from assembler.config import BuildConfig
 from assembler.errors import BuildError
 
@@ -65,6 +67,19 @@ def grow_root(g: Any, cfg: BuildConfig, root: str) -> None:
 def mount(g: Any, cfg: BuildConfig, mounts: dict[str, str]) -> None:
     for mountpoint in sorted(mounts, key=len):
         g.mount(mounts[mountpoint], mountpoint)
+
+
+def firmware(g: Any, cfg: BuildConfig, root: str, mounts: dict[str, str]) -> dict[str, Any]:
+    """BIOS, UEFI or both, for the manifest (and Glance's hw_firmware_type); none is an error:
+    the image could not boot."""
+    found = firmware_mod.detect(g, g.part_to_dev(root), mounts)
+    if not found:
+        raise BuildError(
+            "firmware", "the base boots with neither BIOS (no MBR boot code) nor UEFI "
+            f"(no {firmware_mod.LOADER} on a mounted EFI system partition)"
+        )  # fmt: skip
+    log.info("the image boots with %s", " and ".join(found))
+    return {"firmware": tuple(str(f) for f in found)}
 
 
 def trim(g: Any, cfg: BuildConfig) -> None:

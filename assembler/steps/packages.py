@@ -78,6 +78,8 @@ def report(g: Any, facts: Facts) -> dict[str, Any]:
     return {
         "packages": installed(g),
         "mounts": facts.mounts,
+        # What the disk boots with: the layers above keep the boot partitions as they are.
+        "firmware": list(facts.firmware),
         "host_packages": fetched.record() if fetched else [],
     }
 

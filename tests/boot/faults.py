@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from assembler import firmware
+
 Edit = Callable[[Any], None]
 
 
@@ -63,6 +65,14 @@ def _not_growable(g: Any) -> None:
         "/etc/cloud/cloud.cfg.d/99-no-grow.cfg",
         b"growpart:\n  mode: 'off'\nresize_rootfs: false\n",
     )
+
+
+def _no_uefi_loader(g: Any) -> None:
+    """The ESP without its removable-media loader: BIOS still boots, UEFI finds nothing."""
+    root = next(dev for dev, mp in g.mountpoints().items() if mp == "/")
+    esp = firmware.esp_devices(g, g.part_to_dev(root))[0]
+    g.mount(esp, "/boot/efi")
+    g.rm(g.case_sensitive_path("/boot/efi" + firmware.LOADER))
 
 
 def _agent_disabled(g: Any) -> None:
@@ -142,6 +152,9 @@ FAULTS: dict[str, Fault] = {
     ),
     "docker-disabled": Fault(PROD, _disable_docker, "docker", "masked"),
     "not-growable": Fault(PROD, _not_growable, "root-grown", "GiB"),
+    "no-uefi-loader": Fault(
+        PROD, _no_uefi_loader, "boot", "nothing to boot", args=("--firmware", "uefi")
+    ),
     "planted-key": Fault(PROD, _planted_key, "private-keys", "/root/.ssh/id_ed25519"),
     "build-leftover": Fault(PROD, _build_leftover, "build-secrets", "/usr/sbin/policy-rc.d"),
     "hostnic-masked": Fault(PROD, _hostnic_masked, "hostnic", "docker-hostnic.socket is"),

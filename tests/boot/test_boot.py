@@ -57,6 +57,7 @@ def test_production_image_through_the_metadata_service(boot: str, boots: BootPoo
     report = result.report
     assert result.returncode == 0, result.output
     assert report["passed"] is True
+    assert report["firmware"] == "bios"
     by = checks(report)
     assert by["datasource"]["passed"] and "DataSourceOpenStack" in by["datasource"]["detail"]
     # Everything passed but what needs a database (--datastore): those do not apply here.
@@ -86,9 +87,12 @@ def test_production_image_through_the_metadata_service(boot: str, boots: BootPoo
 def test_dev_vmdk_through_a_config_drive(boot: str, boots: BootPool, vmdk_dev: Any) -> None:
     # Dev mode: no trove in the image; the guest fetches it from the harness's controller.
     assert vmdk_dev.manifest["agent"]["baked"] is False
+    # The base is hybrid, as the distros' images: the manifest says so, and OVMF boots it.
+    assert vmdk_dev.manifest["firmware"] == ["bios", "uefi"]
     report = boots.result(boot).report
     by = checks(report)
     assert report["passed"], table(report)
+    assert report["firmware"] == "uefi"
     assert "DataSourceConfigDrive" in by["datasource"]["detail"]
     assert report["metadata_requests"] == []
     assert by["agent-rpc"]["status"] == "passed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -12,16 +13,21 @@ from typing import Any
 
 import pytest
 
-from assembler import base
+from assembler import base, firmware
 from assembler.accel import Accel
-from assembler.base import PACKAGES, ROOT_LABEL, ROOT_PART, BaseSpec, base_key
+from assembler.base import PACKAGES, BaseSpec, base_key
+from assembler.boottest.vm import OVMF_CODE, OVMF_VARS
 from assembler.distros import RELEASES, apt_sources
 from assembler.errors import BuildError, CommandError, UsageError
 from assembler.guest import appliance
+from assembler.layouts import FILESYSTEMS, GPT_TYPE, LAYOUTS, Role
 from assembler.run import run
 
 BOOKWORM = RELEASES["bookworm"]
 MIB = 1024 * 1024
+LAYOUT = LAYOUTS[BOOKWORM.layout]
+ROOT_PART = LAYOUT.partitions[-1].number
+ESP_PART = next(p.number for p in LAYOUT.partitions if p.role == Role.ESP)
 
 
 # --- cache key, host checks, atomic output: no image needed ---
@@ -45,12 +51,22 @@ def test_key_changes_with_each_input(monkeypatch: pytest.MonkeyPatch) -> None:
         base_key(BaseSpec(BOOKWORM, mirror="http://mirror.example/debian")),
         base_key(BaseSpec(BOOKWORM, size_gb=5)),
         base_key(BaseSpec(RELEASES["jammy"])),
+        base_key(BaseSpec(BOOKWORM, layout="noble")),
     }
+    assert base_key(BaseSpec(BOOKWORM, layout=BOOKWORM.layout)) == base_key(BaseSpec(BOOKWORM))
     monkeypatch.setattr(base, "RECIPE_VERSION", base.RECIPE_VERSION + 1)
     keys.add(base_key(BaseSpec(BOOKWORM)))
     monkeypatch.setattr(base, "PACKAGES", (*PACKAGES, "vim-tiny"))
     keys.add(base_key(BaseSpec(BOOKWORM)))
-    assert len(keys) == 6
+    assert len(keys) == 7
+
+
+def test_a_disk_too_small_for_its_layout_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(base.os, "geteuid", lambda: 0)
+    with pytest.raises(UsageError, match="too small for the noble layout"):
+        base.check_host(BaseSpec(BOOKWORM, size_gb=1, layout="noble"))
 
 
 def test_missing_keyring_is_a_usage_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,7 +95,7 @@ def test_failed_build_leaves_nothing_behind(
     monkeypatch.setattr(base, "_install_packages", lambda spec, root: None)
     monkeypatch.setattr(base, "_make_generic", lambda root: None)
 
-    def lay_down(disk: Path, tarball: Path, accel: Accel) -> None:
+    def lay_down(disk: Path, tarball: Path, layout: Any, accel: Accel) -> None:
         assert disk.exists() and tarball.exists()
         raise failure
 
@@ -141,6 +157,7 @@ def test_bad_mirror_is_a_one_line_build_error(
 def g(debian_base: Path) -> Iterator[Any]:
     with appliance([(debian_base, "qcow2")], accel=Accel.TCG, readonly=True) as handle:
         handle.mount_ro(f"{_disk(handle)}{ROOT_PART}", "/")
+        handle.mount_ro(f"{_disk(handle)}{ESP_PART}", "/boot/efi")
         yield handle
 
 
@@ -158,32 +175,66 @@ def _dpkg_installed(g: Any) -> set[str]:
 
 
 @pytest.mark.image
-def test_disk_is_gpt_with_a_bios_boot_partition_holding_grub(g: Any) -> None:
+def test_disk_is_laid_out_as_debians_cloud_images(g: Any) -> None:
+    """p14 BIOS boot, p15 ESP, p1 root physically last, at the sectors the layout gives."""
     dev = _disk(g)
     assert g.part_get_parttype(dev) == "gpt"
-    assert g.part_get_gpt_type(dev, base.BIOS_BOOT_PART).upper() == base.BIOS_BOOT_TYPE
-    bios = g.part_list(dev)[base.BIOS_BOOT_PART - 1]
-    assert bios["part_size"] == MIB
+    parts = {p["part_num"]: p for p in g.part_list(dev)}
+    assert sorted(parts) == sorted(p.number for p in LAYOUT.partitions) == [1, 14, 15]
+    for want in LAYOUT.partitions:
+        got = parts[want.number]
+        assert g.part_get_gpt_type(dev, want.number).upper() == GPT_TYPE[want.role]
+        assert got["part_start"] == want.start * 512
+        if want.sectors is not None:
+            assert got["part_size"] == want.sectors * 512
+    last = max(parts.values(), key=lambda p: p["part_start"])
+    assert last["part_num"] == ROOT_PART == 1
+    # It ends where the backup GPT and the 1 MiB alignment leave room.
+    assert g.blockdev_getsize64(dev) - last["part_end"] <= 2 * MIB
+
+
+@pytest.mark.image
+def test_bios_boot_partition_and_mbr_hold_grub(g: Any) -> None:
+    dev = _disk(g)
+    bios = next(p.number for p in LAYOUT.partitions if p.role == Role.BIOS_BOOT)
     # grub-install embedded core.img there and its boot code in the MBR.
-    assert g.pread_device(f"{dev}{base.BIOS_BOOT_PART}", 512, 0) != bytes(512)
+    assert g.pread_device(f"{dev}{bios}", 512, 0) != bytes(512)
     assert b"GRUB" in g.pread_device(dev, 440, 0)
 
 
 @pytest.mark.image
-def test_root_is_the_last_partition_ext4_labelled(g: Any) -> None:
-    dev = _disk(g)
-    parts = g.part_list(dev)
-    assert parts[-1]["part_num"] == ROOT_PART
-    assert g.blockdev_getsize64(dev) - parts[-1]["part_end"] < MIB
-    root = f"{dev}{ROOT_PART}"
-    assert g.vfs_type(root) == "ext4"
-    assert g.vfs_label(root) == ROOT_LABEL == "cloudimg-rootfs"
+def test_esp_holds_grubs_removable_media_loader(g: Any) -> None:
+    esp = f"{_disk(g)}{ESP_PART}"
+    assert g.vfs_type(esp) == "vfat"
+    assert g.vfs_label(esp) == FILESYSTEMS[Role.ESP].label == "UEFI"
+    loader = g.case_sensitive_path("/boot/efi/EFI/BOOT/BOOTX64.EFI")
+    assert g.is_file(loader)
+    assert g.pread(loader, 2, 0) == b"MZ"  # a PE image
+    assert g.is_file("/boot/grub/x86_64-efi/normal.mod")
 
 
 @pytest.mark.image
-def test_fstab_mounts_root_by_label(g: Any) -> None:
+def test_firmware_read_from_the_disk_is_bios_and_uefi(g: Any) -> None:
+    dev = _disk(g)
+    mounts = {"/": f"{dev}{ROOT_PART}", "/boot/efi": f"{dev}{ESP_PART}"}
+    assert firmware.detect(g, dev, mounts) == ("bios", "uefi")
+    assert firmware.detect(g, dev, {"/": f"{dev}{ROOT_PART}"}) == ("bios",)
+
+
+@pytest.mark.image
+def test_root_is_ext4_labelled(g: Any) -> None:
+    root = f"{_disk(g)}{ROOT_PART}"
+    assert g.vfs_type(root) == "ext4"
+    assert g.vfs_label(root) == FILESYSTEMS[Role.ROOT].label == "cloudimg-rootfs"
+
+
+@pytest.mark.image
+def test_fstab_mounts_root_and_esp_by_label(g: Any) -> None:
     entries = [line.split() for line in g.cat("/etc/fstab").splitlines() if line.strip()]
-    assert [e[:3] for e in entries] == [["LABEL=cloudimg-rootfs", "/", "ext4"]]
+    assert [e[:3] for e in entries] == [
+        ["LABEL=cloudimg-rootfs", "/", "ext4"],
+        ["LABEL=UEFI", "/boot/efi", "vfat"],
+    ]
 
 
 @pytest.mark.image
@@ -276,7 +327,8 @@ power_state:
 
 @pytest.mark.boot
 @pytest.mark.full  # every image test boots the base's descendants; this boots the base itself
-def test_base_boots_to_cloud_init_final(debian_base: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_base_boots_to_cloud_init_final(debian_base: Path, tmp_path: Path, firmware: str) -> None:
     """NoCloud seed, QEMU user networking with restrict=on; the guest powers itself off."""
     (tmp_path / "meta-data").write_text("instance-id: base-boot-test\nlocal-hostname: basetest\n")
     (tmp_path / "user-data").write_text(USER_DATA)
@@ -291,6 +343,10 @@ def test_base_boots_to_cloud_init_final(debian_base: Path, tmp_path: Path) -> No
         "-drive", f"file={seed},media=cdrom,format=raw,readonly=on",
         "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
     ]  # fmt: skip
+    if firmware == "uefi":
+        shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
+        qemu += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={tmp_path / 'vars.fd'}"]  # fmt: skip
     try:
         run(qemu, timeout=240)
     except CommandError as exc:  # no power-off in time: show where the boot stopped

@@ -153,7 +153,12 @@ GOOD_FACTS: dict[str, Any] = {
             "sha256": hashlib.sha256(FILES[0].content.encode()).hexdigest(),
         }
     },
-    "root": {"fs_bytes": 6 * 2**30 - 200 * 2**20, "disk_bytes": 6 * 2**30},
+    "root": {
+        "fs_bytes": 6 * 2**30 - 200 * 2**20,
+        "part_bytes": 6 * 2**30 - 2**20,
+        "partitions_bytes": 6 * 2**30 - 2**20,
+        "disk_bytes": 6 * 2**30,
+    },
     "private_keys": [{"path": "/etc/ssh/ssh_host_ed25519_key", "mtime": 1010.0}],
     "leftovers": [],
     "seconds": {"docker": 0.5},
@@ -282,6 +287,7 @@ def broken(path: str, value: Any) -> dict[str, Any]:
         ("injected", {}, "injected-files", "missing"),
         (f"injected.{FILES[0].path}.mode", "0660", "injected-files", "0660, not ubuntu:root 0640"),
         ("root.fs_bytes", 2 * 2**30, "root-grown", "2.00 GiB"),
+        ("root.partitions_bytes", 2 * 2**30, "root-grown", "not grown"),
         (
             "private_keys",
             [{"path": "/root/.ssh/id_rsa", "mtime": 1.0}],
@@ -426,3 +432,43 @@ def test_reports(tmp_path: Path) -> None:
         and suite.get("tests") == str(len(CHECK_NAMES))
     )
     assert "FAILED" in report.table()
+
+
+def root_facts(fs: float, part: float, others: float, disk: float) -> dict[str, Any]:
+    facts = copy.deepcopy(GOOD_FACTS)
+    gib = 2**30
+    facts["root"] = {
+        "fs_bytes": int(fs * gib),
+        "part_bytes": int(part * gib),
+        "partitions_bytes": int((part + others) * gib),
+        "disk_bytes": int(disk * gib),
+        "source": "/dev/vda1",
+    }
+    return facts
+
+
+@pytest.mark.parametrize(
+    ("fs", "part", "others", "disk", "status", "cause"),
+    [
+        # noble's shape, grown: p1 fills what /boot (1 GiB), the ESP and BIOS boot leave.
+        (4.74, 4.89, 1.11, 6.0, Status.PASSED, "other partitions 1.11 GiB"),
+        # jammy's shape, grown: ESP 106 MiB and BIOS boot 4 MiB beside the root.
+        (5.70, 5.89, 0.11, 6.0, Status.PASSED, "unallocated 0.00 GiB"),
+        # noble's shape as published, never grown: 2.2 GiB root on a 6 GiB disk.
+        (2.10, 2.2, 1.11, 6.0, Status.FAILED, "the partition was not grown"),
+        # growpart ran but resize2fs did not.
+        (2.10, 4.89, 1.11, 6.0, Status.FAILED, "the filesystem was not resized"),
+    ],
+)
+def test_root_grown_judges_the_root_partition_not_the_whole_disk(
+    fs: float, part: float, others: float, disk: float, status: Status, cause: str
+) -> None:
+    verdict = verdicts(root_facts(fs, part, others, disk))["root-grown"]
+    assert verdict[0] is status
+    assert cause in verdict[1]
+
+
+def test_root_grown_without_partition_facts_cannot_pass() -> None:
+    facts = copy.deepcopy(GOOD_FACTS)
+    del facts["root"]["part_bytes"]
+    assert verdicts(facts)["root-grown"][0] is Status.FAILED
