@@ -182,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
         help="boot with SeaBIOS (bios, the default) or OVMF (uefi: hw_firmware_type=uefi)",
     )
     t.add_argument(
+        "--leak-forward",
+        action="store_true",
+        help="test the network-isolation check: forward a probed address too (it must fail)",
+    )
+    t.add_argument(
         "--rabbit",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -388,6 +393,7 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
         datastore=datastore,
         memory_mb=ns.memory,
         firmware=Firmware(ns.firmware),
+        leak_forward=ns.leak_forward,
         **({"docker_image": ns.docker_image} if ns.docker_image and not datastore else {}),
     )
     report = run_boot_test(opts, report_path)

@@ -156,6 +156,27 @@ def _root_grown(f: dict[str, Any], e: Expectations) -> Verdict:
     return True, shape
 
 
+def _network_isolation(f: dict[str, Any], e: Expectations) -> Verdict:
+    net = f.get("network")
+    if not isinstance(net, dict) or not net.get("unreachable"):
+        return False, "the guest did not probe its network"
+
+    def name(t: dict[str, Any]) -> str:
+        return f"{t['addr']}:{t['port']}"
+
+    leaks = [name(t) for t in net["unreachable"] if t.get("open")]
+    closed = [f"{name(t)} ({t.get('error')})" for t in net.get("reachable", []) if not t["open"]]
+    if leaks:
+        return False, "reached what nothing should forward: " + ", ".join(leaks)
+    if closed:
+        return False, "forwarded services did not answer: " + ", ".join(closed)
+    return True, (
+        f"{len(net['unreachable'])} unforwarded addresses unreachable "
+        f"({', '.join(name(t) for t in net['unreachable'])}); "
+        f"{len(net.get('reachable', []))} forwarded services answered"
+    )
+
+
 def _private_keys(f: dict[str, Any], e: Expectations) -> Verdict:
     boot_time = float(f.get("boot_time", 0))
     shipped = []
@@ -290,6 +311,7 @@ CHECKS: tuple[tuple[str, Judge, tuple[str, ...], Needs], ...] = (
     ("injected-files", _injected, ("datasource",), N),
     ("docker", _docker, ("boot",), N),
     ("root-grown", _root_grown, ("boot",), N),
+    ("network-isolation", _network_isolation, ("boot",), N),
     ("private-keys", _private_keys, ("boot",), N),
     ("build-secrets", _build_secrets, ("boot",), N),
     ("hostnic", _hostnic, ("boot",), A),

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pwd
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,20 @@ def private_keys_walk(root: str = "/") -> list[dict[str, Any]]:
             if hit is not None:
                 found.append(hit)
     return found
+
+
+def reach(addr: str, port: int, timeout: float = 4.0) -> dict[str, Any]:
+    """Whether a TCP connection to addr:port opens from inside the guest, and why not."""
+    try:
+        with socket.create_connection((addr, port), timeout=timeout):
+            return {"addr": addr, "port": port, "open": True}
+    except OSError as exc:
+        return {"addr": addr, "port": port, "open": False, "error": str(exc) or type(exc).__name__}
+
+
+def network(targets: dict[str, list[list[Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The harness's forwards (they must open) and addresses nothing forwards (they must not)."""
+    return {kind: [reach(str(a), int(p)) for a, p in targets.get(kind, [])] for kind in targets}
 
 
 def root_size() -> dict[str, Any]:
@@ -333,6 +348,8 @@ def main() -> None:
         )
         timed("agent", agent=lambda: agent_facts(ready, expect.get("datastore_image")))
     timed("root-grown", root=root_size)
+    if expect.get("network"):
+        timed("network-isolation", network=lambda: network(expect["network"]))
     timed("private-keys", private_keys=private_keys)
     timed("build-secrets", leftovers=lambda: [p for p in BUILD_LEFTOVERS if os.path.lexists(p)])
     facts["seconds"] = seconds

@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -77,6 +77,9 @@ class BootTestOptions:
     datastore: DatastoreOptions | None = None
     memory_mb: int = 1024  # the guest's RAM, sent to prepare as the flavor's
     firmware: Firmware = Firmware.BIOS  # as Glance's hw_firmware_type asks Nova for
+    # A test of the network-isolation check itself: one probed address is forwarded too (to
+    # a harness service on 127.0.0.1, so nothing else is reached), and the check must fail.
+    leak_forward: bool = False
 
 
 # Where the guest reaches the harness's broker: inside its user network, as QEMU requires.
@@ -84,6 +87,13 @@ BUS_ADDR, BUS_PORT = "169.254.0.100", 5672
 UNUSED_BUS = f"rabbit://guest:guest@{BUS_ADDR}:{BUS_PORT}/"
 # Where a dev-mode guest reaches the harness's controller sshd.
 CONTROLLER_ADDR, CONTROLLER_PORT = "169.254.0.101", 22
+# What the guest must not reach (QEMU's restrict=on): QEMU's own host address, an address of the
+# guest's network that nothing forwards, one outside it (TEST-NET-1, RFC 5737).
+UNFORWARDED: tuple[tuple[str, int], ...] = (
+    ("169.254.0.2", 22),
+    ("169.254.0.103", 80),
+    ("192.0.2.1", 80),
+)
 
 
 def read_manifest(image: Path) -> dict[str, Any]:
@@ -194,6 +204,13 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
                 datastore_image=launch.ref if launch else None,
                 pushed_digest=launch.pushed_digest if launch else None,
             )
+            # The guest probes its network: every forward answers, nothing else does.
+            metadata_fwd = [(METADATA_ADDR, 80)] if opts.mode is Mode.METADATA else []
+            inst = replace(
+                inst,
+                reachable=(*((f.guest_addr, f.guest_port) for f in forwards), *metadata_fwd),
+                unreachable=UNFORWARDED,
+            )
             config_drive: Path | None = None
             metadata: MetadataService | None = None
             if opts.mode is Mode.CONFIG_DRIVE:
@@ -202,6 +219,11 @@ def run_boot_test(opts: BootTestOptions, report_path: Path | None = None) -> Rep
             else:
                 metadata = stack.enter_context(MetadataService(inst))
                 forwards.append(Forward(METADATA_ADDR, 80, metadata.port))
+            if opts.leak_forward:
+                if not forwards:
+                    raise UsageError("--leak-forward needs a service to forward to")
+                addr, port = UNFORWARDED[1]
+                forwards.append(Forward(addr, port, forwards[0].host_port))
             artifacts = work / "run"
             spec = MachineSpec(
                 disk=disk, volume=volume, config_drive=config_drive, forwards=tuple(forwards),

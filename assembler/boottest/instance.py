@@ -46,6 +46,9 @@ class Instance:
     mac: str = "fa:16:3e:00:00:01"  # Nova's prefix
     has_agent: bool = False  # the gatherer then waits for the agent to start
     datastore_image: str | None = None  # the gatherer reports what docker holds under it
+    # [addr, port] the guest must reach (the harness's forwards) and must not (nothing forwards).
+    reachable: tuple[tuple[str, int], ...] = ()
+    unreachable: tuple[tuple[str, int], ...] = ()
 
     def meta_data(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,10 @@ class Instance:
             **({"datastore_image": self.datastore_image} if self.datastore_image else {}),
             # A datastore run: the agent's log follows the facts, for a failed prepare's cause.
             "follow_agent_log": bool(self.datastore_image),
+            "network": {
+                "reachable": [list(t) for t in self.reachable],
+                "unreachable": [list(t) for t in self.unreachable],
+            },
         }
 
     def user_data(self) -> str:

@@ -152,6 +152,10 @@ FAULTS: dict[str, Fault] = {
     ),
     "docker-disabled": Fault(PROD, _disable_docker, "docker", "masked"),
     "not-growable": Fault(PROD, _not_growable, "root-grown", "GiB"),
+    # A launch fault: an address the guest probes as unforwarded is forwarded after all.
+    "leaked-forward": Fault(
+        PROD, _no_edit, "network-isolation", "169.254.0.103:80", args=("--leak-forward",)
+    ),
     "no-uefi-loader": Fault(
         PROD, _no_uefi_loader, "boot", "nothing to boot", args=("--firmware", "uefi")
     ),
@@ -216,7 +220,7 @@ COMBINED: dict[str, tuple[str, ...]] = {
     # The agent off; checks that wait on nothing of the agent's.
     "combined-agent-off": (
         "agent-disabled", "not-growable", "planted-key", "build-leftover", "hostnic-masked",
-        "registry-not-insecure",
+        "registry-not-insecure", "leaked-forward",
     ),
     # The agent up and answering, its surroundings broken.
     "combined-agent-surroundings": (

@@ -159,6 +159,13 @@ GOOD_FACTS: dict[str, Any] = {
         "partitions_bytes": 6 * 2**30 - 2**20,
         "disk_bytes": 6 * 2**30,
     },
+    "network": {
+        "reachable": [{"addr": "169.254.169.254", "port": 80, "open": True}],
+        "unreachable": [
+            {"addr": "169.254.0.2", "port": 22, "open": False, "error": "timed out"},
+            {"addr": "192.0.2.1", "port": 80, "open": False, "error": "timed out"},
+        ],
+    },
     "private_keys": [{"path": "/etc/ssh/ssh_host_ed25519_key", "mtime": 1010.0}],
     "leftovers": [],
     "seconds": {"docker": 0.5},
@@ -288,6 +295,19 @@ def broken(path: str, value: Any) -> dict[str, Any]:
         (f"injected.{FILES[0].path}.mode", "0660", "injected-files", "0660, not ubuntu:root 0640"),
         ("root.fs_bytes", 2 * 2**30, "root-grown", "2.00 GiB"),
         ("root.partitions_bytes", 2 * 2**30, "root-grown", "not grown"),
+        (
+            "network.unreachable",
+            [{"addr": "192.0.2.1", "port": 80, "open": True}],
+            "network-isolation",
+            "192.0.2.1:80",
+        ),
+        (
+            "network.reachable",
+            [{"addr": "169.254.169.254", "port": 80, "open": False, "error": "refused"}],
+            "network-isolation",
+            "did not answer",
+        ),
+        ("network", {}, "network-isolation", "did not probe"),
         (
             "private_keys",
             [{"path": "/root/.ssh/id_rsa", "mtime": 1.0}],
