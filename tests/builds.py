@@ -69,6 +69,7 @@ def raw_production(debian_base: Path, images_dir: Path) -> Built:
         debian_base,
         images_dir / "prod.raw",
         "--no-dev-mode",
+        "--debug",  # its log is checked for secrets (tests/image/test_build.py)
         env={"TROVE_ROOT_PASSWORD": "Sup3r-secret-root"},
     )
 
@@ -88,7 +89,7 @@ def qcow2_custom(debian_base: Path, images_dir: Path) -> Built:
 
 @pytest.fixture(scope="session")
 def vmdk_dev(debian_base: Path, images_dir: Path) -> Built:
-    return build(debian_base, images_dir / "dev.vmdk", "--dev-mode")
+    return build(debian_base, images_dir / "dev.vmdk", "--dev-mode", "--debug")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ FATAL_CONSOLE: tuple[tuple[str, str], ...] = (
     ("Boot failed: not a bootable disk", "the firmware found no bootable disk"),
     # OVMF (UEFI), once every boot option (the disk's loader, then the network) has failed.
     ("No bootable option or device was found", "the UEFI firmware found nothing to boot"),
+    # OVMF's shell starts only once no boot option (disk or network) has worked.
+    ("Shell> ", "the UEFI firmware found nothing to boot (its shell started)"),
 )
 # cloud-init's last console line: `Cloud-init v. 22.4.2 finished at ... Datasource X.  Up N s`
 CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. \S+ finished at .*Datasource (\S+?)\.?\s")

@@ -157,7 +157,7 @@ FAULTS: dict[str, Fault] = {
         PROD, _no_edit, "network-isolation", "169.254.0.103:80", args=("--leak-forward",)
     ),
     "no-uefi-loader": Fault(
-        PROD, _no_uefi_loader, "boot", "nothing to boot", args=("--firmware", "uefi")
+        PROD, _no_uefi_loader, "boot", "found nothing to boot", args=("--firmware", "uefi")
     ),
     "planted-key": Fault(PROD, _planted_key, "private-keys", "/root/.ssh/id_ed25519"),
     "build-leftover": Fault(PROD, _build_leftover, "build-secrets", "/usr/sbin/policy-rc.d"),

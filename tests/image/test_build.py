@@ -172,6 +172,23 @@ def test_root_password_hashed_only_when_asked(
     assert dev_root in ("*", "!", "!*")
 
 
+def test_no_secret_in_the_manifest_or_the_debug_log(raw_production: Built, vmdk_dev: Built) -> None:
+    """Both builds ran with --debug: every command and step is in their stderr."""
+    from assembler.agent.devkeys import key_paths
+
+    assert "run: " in raw_production.stderr  # it is the debug log
+    for built in (raw_production, vmdk_dev):
+        manifest_text = json.dumps(built.manifest)
+        for text in (manifest_text, built.stderr):
+            assert "Sup3r-secret-root" not in text
+            assert "PRIVATE KEY" not in text
+    private = key_paths(vmdk_dev.image)[0].read_text()
+    body = [line for line in private.splitlines() if line and "PRIVATE KEY" not in line]
+    assert len(body) >= 3
+    for line in body:
+        assert line not in vmdk_dev.stderr and line not in json.dumps(vmdk_dev.manifest)
+
+
 def test_base_is_never_modified(debian_base: Path, raw_production: Built) -> None:
     from assembler.manifest import sha256_file
 
