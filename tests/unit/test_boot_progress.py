@@ -87,7 +87,7 @@ def test_fatal_console_lines_end_the_wait_at_once() -> None:
     assert "panicked" in str(fatal_reason(panic, {}, 10, False))
     # OVMF with no loader on the ESP, as its console showed it (colours and all).
     shell = (
-        "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\"\r\n"
+        'BdsDxe: failed to load Boot0001 "UEFI Misc Device"\r\n'
         "Press \x1b[1m\x1b[37m\x1b[40mESC\x1b[0m in 1 seconds to skip startup.nsh\r\n"
         "\x1b[18;01H\x1b[1m\x1b[33m\x1b[40mShell> \x1b[0m"
     )
