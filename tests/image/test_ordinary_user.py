@@ -7,6 +7,7 @@ and says why. A build from a base made by root needs none (`make test-all` build
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -28,7 +29,9 @@ def user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(USER)
     except KeyError:
-        subprocess.run(["/usr/sbin/useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+        subprocess.run(
+            ["/usr/sbin/useradd", "--create-home", "--shell", "/bin/sh", USER], check=True
+        )
         return pwd.getpwnam(USER)
 
 
@@ -72,3 +75,33 @@ def test_base_archive_without_root_exits_2_and_says_why(user: pwd.struct_passwd)
     assert "needs root" in lines[0]
     assert list(out.iterdir()) == []
     shutil.rmtree(out)
+
+
+@pytest.mark.image
+@pytest.mark.full  # a whole cold build of the user's own (~7 min on a slow host)
+def test_an_ordinary_user_builds_from_a_base_root_made(
+    user: pwd.struct_passwd, debian_base: Path
+) -> None:
+    if not readable_by(user, PROJECT / "assembler" / "cli.py"):
+        pytest.skip(f"{USER} cannot read the checkout at {PROJECT}")
+    work = Path(tempfile.mkdtemp(prefix="ordinary-user-"))
+    try:
+        base = work / "base.qcow2"
+        shutil.copyfile(debian_base, base)  # the user's copy of the base root made
+        shutil.chown(work, user.pw_name)
+        shutil.chown(base, user.pw_name)
+        proc = as_user(
+            user,
+            [sys.executable, "-m", "assembler", "--guest-os", "debian", "--release", "bookworm",
+             "--base", str(base), "-o", str(work / "prod.qcow2"), "--no-dev-mode"],
+            cwd=work,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        image = work / "prod.qcow2"
+        assert image.stat().st_uid == user.pw_uid
+        manifest = json.loads((work / "prod.qcow2.manifest.json").read_text())
+        assert manifest["firmware"] == ["bios", "uefi"]
+        # Its caches are the user's own, under its home.
+        assert Path(user.pw_dir, ".cache", "trove-image-assembler", "layers").is_dir()
+    finally:
+        shutil.rmtree(work)
