@@ -24,11 +24,12 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from assembler import cancel
+from assembler.digestmemo import sha256_of
 from assembler.download import publish, write_atomically
 from assembler.errors import UsageError
 from assembler.paths import cache_dir
@@ -62,6 +63,8 @@ class Entry:
     ages: bool  # installed packages from an archive: rebuilt past the maximum age
     inputs: dict[str, Any]
     record: dict[str, Any] = field(default_factory=dict)  # what the build reports from it
+    # The overlay's, when published: a truncated or rewritten overlay is never used.
+    sha256: str = ""
 
     @property
     def ident(self) -> str:
@@ -104,7 +107,12 @@ class LayerCache:
             entry = Entry(**doc)
         except (OSError, ValueError, TypeError):
             return None
-        if not self.overlay(entry).is_file() or not Path(entry.parent_path).is_file():
+        overlay = self.overlay(entry)
+        if not overlay.is_file() or not Path(entry.parent_path).is_file():
+            return None
+        # Remembered by inode, size, mtime and ctime: hashed again only after a change.
+        if not entry.sha256 or sha256_of(overlay) != entry.sha256:
+            log.warning("layer %s (%s) is damaged: built again", entry.name, key[:12])
             return None
         return entry
 
@@ -205,6 +213,8 @@ class LayerCache:
             )
             tmp.chmod(0o600)
             publish(tmp, final)
+            # After the rename, which moves the file's ctime: the stamp the memo keeps.
+            entry = replace(entry, sha256=sha256_of(final))
             write_atomically(
                 self.root / f"{key}.json", json.dumps(asdict(entry), indent=1).encode()
             )

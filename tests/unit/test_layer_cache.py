@@ -315,3 +315,27 @@ def test_cache_command_rejects_a_missing_directory(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: layer cache") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bytes-flipped"])
+def test_a_damaged_layer_is_detected_and_built_again_with_what_lies_on_it(
+    cache: LayerCache, base: Parent, damage: str
+) -> None:
+    a, b = Writer(0x22, 1), Writer(0x33, 2)
+    ea, _, eb, _ = chain(cache, base, {"a": 1}, {"b": 1}, a, b)
+    overlay = cache.overlay(ea)
+    data = bytearray(overlay.read_bytes())
+    if damage == "truncated":
+        overlay.write_bytes(data[: len(data) // 2])
+    else:
+        at = data.index(bytes([0x22]) * 64)  # inside the data cluster the layer wrote
+        data[at] ^= 0xFF
+        overlay.write_bytes(bytes(data))
+    assert cache.entry(ea.key) is None
+    ea2, hit_a, eb2, hit_b = chain(cache, base, {"a": 1}, {"b": 1}, a, b)
+    assert (hit_a, hit_b) == (False, False) and (a.calls, b.calls) == (2, 2)
+    assert ea2.generation != ea.generation and eb2.key != eb.key  # b lies on the new a
+    assert reads(cache.overlay(eb2), 0x22, 1) and reads(cache.overlay(eb2), 0x33, 2)
+    # Intact now, and used as it is by the next build.
+    _, hit_a, _, hit_b = chain(cache, base, {"a": 1}, {"b": 1}, a, b)
+    assert (hit_a, hit_b) == (True, True) and a.calls == 2
