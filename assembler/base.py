@@ -139,7 +139,8 @@ def base_key(spec: BaseSpec) -> str:
         "install_script": INSTALL_SCRIPT,
         "overlay": {rel: hashlib.sha256(data).hexdigest() for rel, data in _overlay_files()},
         "size_gb": spec.size_gb,
-        "layout": repr(spec.disk_layout),
+        # What the layout makes (partition table, filesystems and their mounts), not its name.
+        "layout": [spec.disk_layout.sfdisk_script("disk"), spec.disk_layout.fstab()],
         "grub": {str(f): GRUB_INSTALL[f] for f in spec.disk_layout.firmware},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()

@@ -107,11 +107,18 @@ class LayerCache:
             entry = Entry(**doc)
         except (OSError, ValueError, TypeError):
             return None
-        overlay = self.overlay(entry)
-        if not overlay.is_file() or not Path(entry.parent_path).is_file():
+        if not self.overlay(entry).is_file() or not Path(entry.parent_path).is_file():
             return None
+        return entry
+
+    def usable(self, key: str) -> Entry | None:
+        """The entry for key, as entry(), if its overlay is also the one published: checked
+        only where a build is about to use it (listing and pruning never read overlays)."""
+        entry = self.entry(key)
         # Remembered by inode, size, mtime and ctime: hashed again only after a change.
-        if not entry.sha256 or sha256_of(overlay) != entry.sha256:
+        if entry is not None and (
+            not entry.sha256 or sha256_of(self.overlay(entry)) != entry.sha256
+        ):
             log.warning("layer %s (%s) is damaged: built again", entry.name, key[:12])
             return None
         return entry
@@ -154,11 +161,11 @@ class LayerCache:
         # so prune (which needs it exclusive) never removes what this build looks at, builds
         # or stands on; the build lock lets one process build the key while the others wait.
         with self._locked(key, "lock", fcntl.LOCK_SH, what):
-            entry = self.entry(key)
+            entry = self.usable(key)
             hit = entry is not None and self.fresh(entry, max_age_days, refresh, asked)
             if not hit:
                 with self._locked(key, "build.lock", fcntl.LOCK_EX, what):
-                    entry = self.entry(key)  # another process may have built it meanwhile
+                    entry = self.usable(key)  # another process may have built it meanwhile
                     hit = entry is not None and self.fresh(entry, max_age_days, refresh, asked)
                     if entry is not None and not hit:
                         why = "--refresh" if refresh else f"{entry.age_days():.1f} days old"

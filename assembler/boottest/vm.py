@@ -40,6 +40,14 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
+def ovmf_drives(uefi_vars: Path) -> list[str]:
+    """QEMU options for UEFI: OVMF's code read-only, and a guest's own copy of its variables."""
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={uefi_vars}",
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Forward:
     """A guest address:port reaching a harness service on 127.0.0.1, one socat per connection.
@@ -118,12 +126,7 @@ class MachineSpec:
 
     def firmware_argv(self) -> list[str]:
         """SeaBIOS is QEMU's own default; UEFI is OVMF on the two pflash units."""
-        if self.firmware is Firmware.BIOS:
-            return []
-        return [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}",
-        ]  # fmt: skip
+        return [] if self.firmware is Firmware.BIOS else ovmf_drives(self.uefi_vars)
 
     def argv(self) -> list[str]:
         netdev = ",".join(

@@ -16,7 +16,7 @@ import pytest
 from assembler import base, firmware
 from assembler.accel import Accel
 from assembler.base import PACKAGES, BaseSpec, base_key
-from assembler.boottest.vm import OVMF_CODE, OVMF_VARS
+from assembler.boottest.vm import OVMF_VARS, ovmf_drives
 from assembler.distros import RELEASES, apt_sources
 from assembler.errors import BuildError, CommandError, UsageError
 from assembler.guest import appliance
@@ -345,8 +345,7 @@ def test_base_boots_to_cloud_init_final(debian_base: Path, tmp_path: Path, firmw
     ]  # fmt: skip
     if firmware == "uefi":
         shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
-        qemu += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={tmp_path / 'vars.fd'}"]  # fmt: skip
+        qemu += ovmf_drives(tmp_path / "vars.fd")
     try:
         run(qemu, timeout=240)
     except CommandError as exc:  # no power-off in time: show where the boot stopped

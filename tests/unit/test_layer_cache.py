@@ -331,7 +331,7 @@ def test_a_damaged_layer_is_detected_and_built_again_with_what_lies_on_it(
         at = data.index(bytes([0x22]) * 64)  # inside the data cluster the layer wrote
         data[at] ^= 0xFF
         overlay.write_bytes(bytes(data))
-    assert cache.entry(ea.key) is None
+    assert cache.usable(ea.key) is None
     ea2, hit_a, eb2, hit_b = chain(cache, base, {"a": 1}, {"b": 1}, a, b)
     assert (hit_a, hit_b) == (False, False) and (a.calls, b.calls) == (2, 2)
     assert ea2.generation != ea.generation and eb2.key != eb.key  # b lies on the new a
