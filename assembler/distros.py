@@ -82,6 +82,7 @@ RELEASES: dict[str, Release] = {
         Release(UBUNTU, "jammy", "22.04", "3.10", "ubuntu", "linux-image-virtual", "jammy"),
         Release(UBUNTU, "noble", "24.04", "3.12", "ubuntu", "linux-image-virtual", "noble"),
         Release(DEBIAN, "bookworm", "12", "3.11", "debian", "linux-image-cloud-amd64", "debian"),
+        Release(DEBIAN, "trixie", "13", "3.13", "debian", "linux-image-cloud-amd64", "debian"),
     )
 }
 

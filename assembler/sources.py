@@ -135,6 +135,7 @@ SOURCES: dict[tuple[GuestOS, str, str], Source] = {
         _ubuntu("jammy", "22.04"),
         _ubuntu("noble", "24.04"),
         _debian("bookworm", "12"),
+        _debian("trixie", "13"),
     )
 }
 

@@ -3,12 +3,12 @@
 Facts, checked in November 2026 against PyPI's metadata for `trove` (the JSON API and the
 downloaded wheels' METADATA agree):
 - 26.0.0 (newest release; 26.0.0.0rc1 too) declares Requires-Python >=3.11: the default for
-  bookworm (3.11) and noble (3.12);
+  bookworm (3.11), noble (3.12) and trixie (3.13);
 - 25.1.0 is the newest admitting 3.10 (24.0.0 to 25.1.0 all declare >=3.10): jammy's default.
 Their wheelhouses resolve completely for those Pythons (the same pins as a resolver that
 evaluates markers for the target).
-glibc versions are those of each release's libc6 (bookworm 2.36, jammy 2.35, noble 2.39); they
-bound the manylinux tags a wheel for that guest may carry.
+glibc versions are those of each release's libc6 (bookworm 2.36, trixie 2.41, jammy 2.35,
+noble 2.39); they bound the manylinux tags a wheel for that guest may carry.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ AGENT_FACTS: dict[str, GuestAgentFacts] = {
     "jammy": GuestAgentFacts(trove="25.1.0", glibc="2.35"),
     "noble": GuestAgentFacts(trove="26.0.0", glibc="2.39"),
     "bookworm": GuestAgentFacts(trove="26.0.0", glibc="2.36"),
+    "trixie": GuestAgentFacts(trove="26.0.0", glibc="2.41"),
 }
 
 

@@ -53,4 +53,5 @@ def test_guest_pythons() -> None:
         "jammy": "3.10",
         "noble": "3.12",
         "bookworm": "3.11",
+        "trixie": "3.13",
     }

@@ -159,3 +159,11 @@ def test_dearmor_matches_gpg(tmp_path: Path) -> None:
 
 def test_guest_os_of_every_source_is_known() -> None:
     assert {s.guest_os for s in SOURCES.values()} == set(GuestOS)
+
+
+def test_debian_trixie_is_the_genericcloud_image_of_13() -> None:
+    src = source_for(RELEASES["trixie"])
+    assert src.image_url() == (
+        "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2"
+    )
+    assert src.algo is HashAlgo.SHA512 and src.signature is None
