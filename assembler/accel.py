@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from assembler.paths import cache_dir
+from assembler.run import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ def kvm_boots(kernel: Path, seconds: float = PROBE_SECONDS) -> bool:
     log.debug("probing KVM: %s", " ".join(argv))
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
     except FileNotFoundError:
         return False

@@ -14,11 +14,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from assembler import leftovers
 from assembler.manifest import sha256_file
 from assembler.paths import cache_dir
 
@@ -92,7 +92,8 @@ def save(
     top = root or facts_root()
     top.mkdir(parents=True, exist_ok=True)
     final = top / sha256
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}.", dir=top))
+    tmp = leftovers.partial(final)
+    tmp.mkdir()
     try:
         digests = {}
         for name, data in files.items():

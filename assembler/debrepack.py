@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from assembler.run import die_with_parent
+
 MAGIC = b"!<arch>\n"
 HEADER = 60
 CHUNK = 1 << 20
@@ -114,7 +116,11 @@ def _write_data(
                 _copy(window, p)  # type: ignore[arg-type]
             elif suffix == ".zst":
                 proc = subprocess.run(
-                    ["zstd", "-q", "-d", "-c"], input=window.read(), stdout=p, check=False
+                    ["zstd", "-q", "-d", "-c"],
+                    input=window.read(),
+                    stdout=p,
+                    check=False,
+                    preexec_fn=die_with_parent(),
                 )
                 if proc.returncode:
                     raise DebError("zstd could not decompress the data member")
@@ -125,7 +131,11 @@ def _write_data(
                 raise DebError(f"unknown data member {name}")
         if codec == "zstd":
             packed = plain.with_suffix(".zst")
-            subprocess.run(["zstd", "-q", "-1", "-T1", "-f", plain, "-o", packed], check=True)
+            subprocess.run(
+                ["zstd", "-q", "-1", "-T1", "-f", plain, "-o", packed],
+                check=True,
+                preexec_fn=die_with_parent(),
+            )
             plain.unlink()
             shutil.move(packed, plain)
             member = "data.tar.zst"

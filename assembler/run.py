@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import shlex
+import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from assembler import cancel
 from assembler.errors import CommandError, UsageError
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc = ctypes.CDLL(None, use_errno=True)  # resolved now: the forked child must not load it
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn that has the kernel SIGKILL the child once the thread that started it is
+    gone: a build killed outright (SIGKILL runs no cleanup) leaves no qemu-img, QEMU or server
+    running. Every host subprocess of the project starts with it."""
+    parent = os.getpid()
+
+    def arm() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def run(
@@ -38,6 +58,7 @@ def run(
             text=True,
             cwd=cwd,
             env=env,
+            preexec_fn=die_with_parent(),
         )
     except FileNotFoundError as exc:
         raise UsageError(f"{args[0]} is not installed; run `make setup`") from exc

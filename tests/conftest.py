@@ -37,6 +37,16 @@ def session_layer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         os.environ["ASSEMBLER_LAYER_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _release_run_directory() -> Iterator[None]:
+    """The suite's own run directory (in-process appliances make one) goes at its end, as a
+    build's does when it exits."""
+    from assembler import leftovers
+
+    yield
+    leftovers.release()
+
+
 @pytest.fixture(scope="session")
 def debian_base() -> Path:
     """The Debian bookworm base from the machine's cache, built first if missing (~2 min)."""

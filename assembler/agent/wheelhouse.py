@@ -55,7 +55,7 @@ from packaging.utils import (
 )
 from packaging.version import Version
 
-from assembler import cancel
+from assembler import cancel, leftovers
 from assembler.agent import versions
 from assembler.distros import Release
 from assembler.download import (
@@ -341,9 +341,9 @@ def build_wheelhouse(spec: WheelhouseSpec) -> Wheelhouse:
         if cached is not None:
             log.info("agent wheelhouse %s from the cache (%d wheels)", key, len(cached.wheels))
             return cached
-        for stale in root.glob(f".tmp-{key}-*"):  # left by a build that was killed
+        for stale in root.glob(f".{key}.*.partial"):  # left by a build that was killed
             shutil.rmtree(stale, ignore_errors=True)
-        work = root / f".tmp-{key}-{os.getpid()}"
+        work = leftovers.partial(entry)
         try:
             started = time.monotonic()
             out = work / "wheels"

@@ -22,7 +22,7 @@ from types import TracebackType
 
 from assembler import cancel
 from assembler.errors import AssemblerError, UsageError
-from assembler.run import run
+from assembler.run import die_with_parent, run
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Controller:
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
+            preexec_fn=die_with_parent(),
         )
         self._stack.enter_context(cancel.child(self._proc.pid))
         deadline = time.monotonic() + START_TIMEOUT

@@ -37,6 +37,7 @@ from typing import IO
 from assembler import cancel
 from assembler.boottest.vm import Forward
 from assembler.errors import AssemblerError, UsageError
+from assembler.run import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,7 @@ class Broker:
             cwd=layout.root,
             env=env,
             start_new_session=True,  # its own group: a sweep at stop finds every descendant
+            preexec_fn=die_with_parent(),
             user=user.pw_uid if user else None,
             group=user.pw_gid if user else None,
             extra_groups=[] if user else None,  # not root's supplementary groups

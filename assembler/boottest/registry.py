@@ -31,6 +31,7 @@ from assembler import cancel
 from assembler.boottest.rabbit import free_ports
 from assembler.boottest.vm import Forward
 from assembler.errors import AssemblerError, UsageError
+from assembler.run import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class Registry:
             cwd=self.root,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},  # no REGISTRY_* overrides
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         self._registered.enter_context(cancel.child(self._proc.pid))
         while not answers(self.port):

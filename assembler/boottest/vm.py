@@ -25,6 +25,7 @@ from assembler import cancel
 from assembler.accel import Accel
 from assembler.boottest.progress import KERNEL_BANNER, Limits, Snapshot, Watch
 from assembler.layouts import Firmware
+from assembler.run import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,13 @@ async def _boot(
     log.info("starting QEMU (%s)", spec.accel)
     log.debug("qemu: %s", " ".join(spec.argv()))
     started = time.monotonic()
-    proc = subprocess.Popen(spec.argv(), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    proc = subprocess.Popen(
+        spec.argv(),
+        stdin=subprocess.DEVNULL,
+        stdout=stderr,
+        stderr=stderr,
+        preexec_fn=die_with_parent(),
+    )
     shared.update(proc=proc, started=started)
     with cancel.child(proc.pid):
         return await _drive(proc, spec, timeouts, while_running, progress, started, stderr, shared)

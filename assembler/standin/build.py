@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from assembler import base
+from assembler import base, leftovers
 from assembler.distros import RELEASES
 from assembler.errors import UsageError
 from assembler.paths import cache_dir
@@ -133,7 +133,8 @@ def _build_variant(spec: StandIn, parent: Image, out: Path) -> None:
     layers = parent.layers
     for blob in layers:
         add_layer(out, parent.blob(blob.digest), blob)
-    with tempfile.TemporaryDirectory(prefix=f"standin-{spec.name}-", dir=cache_root()) as tmp:
+    scratch = leftovers.run_dir()
+    with tempfile.TemporaryDirectory(prefix=f"standin-{spec.name}-", dir=scratch) as tmp:
         tree = Path(tmp) / "root"
         tree.mkdir()
         rootfs.lay_overlay(spec, tree)
@@ -176,12 +177,12 @@ def _locked(path: Path) -> Iterator[None]:
 def _staging(path: Path) -> Iterator[Path]:
     """A temp dir that becomes `path` when the block ends normally, and vanishes otherwise."""
     # Under the lock: a dir left by a process killed outright (no cleanup ran) is garbage now.
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+    for stale in path.parent.glob(f".{path.name}.*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = leftovers.partial(path)
+    tmp.mkdir()
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp made it private; an image is no secret
         tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

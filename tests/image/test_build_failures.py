@@ -17,11 +17,11 @@ pytestmark = pytest.mark.image
 def leftovers(out_dir: Path, cache: Path) -> list[Path]:
     """Anything in the output directory, the scratch space, or the layer cache but its lock
     files (a lock file is empty and stays, as flock wants)."""
-    work = cache / "trove-image-assembler" / "work"
+    runs = cache / "trove-image-assembler" / "run"
     layers = cache / "trove-image-assembler" / "layers"
     found = list(out_dir.iterdir())
-    if work.exists():
-        found += list(work.iterdir())
+    if runs.exists():
+        found += list(runs.iterdir())
     if layers.exists():
         found += [p for p in layers.iterdir() if p.suffix != ".lock"]
     return found
