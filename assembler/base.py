@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assembler import cancel
+from assembler import cancel, leftovers, progress
 from assembler.accel import Accel
 from assembler.digestmemo import sha256_of
 from assembler.distros import Release, apt_sources
@@ -162,6 +162,7 @@ def cached_base(spec: BaseSpec, accel: Accel) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    leftovers.sweep()
     with open(path.with_suffix(".lock"), "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,9 +179,7 @@ def build_base(spec: BaseSpec, output: Path, accel: Accel) -> None:
     """Build the base qcow2 at `output`; on any failure nothing is left there or beside it."""
     check_host(spec)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    disk = Path(name)
+    disk = leftovers.partial(output)
     try:
         scratch = Path(tempfile.mkdtemp(prefix="base-", dir=_scratch_root()))
         try:
@@ -195,7 +194,7 @@ def build_base(spec: BaseSpec, output: Path, accel: Accel) -> None:
             _timed("appliance phase", _lay_down, disk, tarball, spec.disk_layout, accel)
         finally:
             _remove_tree(scratch)
-        disk.chmod(0o644)  # mkstemp made it private; an image is no secret
+        disk.chmod(0o644)
         _fsync(disk)
         disk.replace(output)
     except BaseException:
@@ -230,15 +229,15 @@ def _archive(spec: BaseSpec) -> str:
 
 def _scratch_root() -> Path:
     # Not /tmp: it is often a nodev tmpfs, where the chroot's /dev/null would not open.
-    path = cache_dir() / "tmp"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return leftovers.run_dir()
 
 
 def _timed(what: str, func: Callable[..., None], *args: Any) -> None:
     start = time.monotonic()
-    log.info("base: %s...", what)
-    func(*args)
+    if not progress.active():
+        log.info("base: %s...", what)
+    with progress.stage(f"base: {what}"):
+        func(*args)
     log.info("base: %s took %.0f s", what, time.monotonic() - start)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from assembler import accel as accel_mod
-from assembler import basefacts, embed, stacked
+from assembler import basefacts, embed, leftovers, progress, stacked
 from assembler.agent.devkeys import KeyPair, authorize_on_controller, save_beside
 from assembler.agent.payload import agent_wheelhouse, check_agent
 from assembler.base import BaseSpec, archive_base
@@ -30,7 +30,6 @@ from assembler.layers import Entry, LayerCache, Parent
 from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
 from assembler.outputs import OutputCache, output_key
 from assembler.packages import DOCKER, RUNTIME_PACKAGES
-from assembler.paths import cache_dir
 from assembler.stack import Layer, build_layer
 from assembler.steps import agent as agent_steps
 from assembler.steps import (
@@ -219,6 +218,8 @@ def build(cfg: BuildConfig) -> Manifest:
             f"--size {cfg.size_bytes} bytes is smaller than the base image's "
             f"{base.virtual_size} bytes"
         )
+    # Input checked: before any work, what killed builds left goes.
+    leftovers.sweep(extra=(cfg.layer_cache,) if cfg.layer_cache else (), output=cfg.output)
     manifest = Manifest(
         inputs=_inputs(cfg, chosen_accel),
         base={
@@ -245,9 +246,10 @@ def build(cfg: BuildConfig) -> Manifest:
         dev_key=dev_key,
         ephemeral_key=dev_key is not None and cfg.agent.dev_key is None,
     )
-    workroot = cache_dir() / "work"
-    workroot.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="build-", dir=workroot) as work, ExitStack() as held:
+    with (
+        tempfile.TemporaryDirectory(prefix="build-", dir=leftovers.run_dir()) as work,
+        ExitStack() as held,
+    ):
         facts = replace(facts, scratch=Path(work))
         below = Parent(base.path, base.format, sha)
         entries: dict[str, Entry] = {}
@@ -261,18 +263,20 @@ def build(cfg: BuildConfig) -> Manifest:
                     "%s layer not cached: its dev key is new (--dev-key caches it)", layer.name
                 )
                 store = LayerCache(Path(work) / "layers")
-            entry, hit = held.enter_context(
-                store.layer(
-                    layer.name,
-                    below,
-                    layer.key_inputs(cfg, facts),
-                    partial(build_layer, layer, cfg=cfg, facts=facts, accel=chosen_accel),
-                    ages=layer.ages,
-                    max_age_days=cfg.max_age_days,
-                    refresh=cfg.refresh,
-                    size=cfg.size_bytes if layer.sized else None,
+            with progress.stage(f"{layer.name} layer") as shown:
+                entry, hit = held.enter_context(
+                    store.layer(
+                        layer.name,
+                        below,
+                        layer.key_inputs(cfg, facts),
+                        partial(build_layer, layer, cfg=cfg, facts=facts, accel=chosen_accel),
+                        ages=layer.ages,
+                        max_age_days=cfg.max_age_days,
+                        refresh=cfg.refresh,
+                        size=cfg.size_bytes if layer.sized else None,
+                    )
                 )
-            )
+                shown.cached = hit
             manifest.layers.append(_layer_record(entry, hit))
             facts = facts.learn({k: entry.record[k] for k in layer.gives})
             lower = below if entries else None  # the layer the top lies on, if any
@@ -290,7 +294,8 @@ def build(cfg: BuildConfig) -> Manifest:
             manifest.private_keys = [f"/home/{cfg.guest_username}/.ssh/id_ed25519"]
             manifest.agent["dev_public_key"] = dev_key.public
         started = time.monotonic()
-        sha256 = _output(cfg, below, lower, cache, private=store is not cache)
+        with progress.stage(f"{cfg.image_format} output"):
+            sha256 = _output(cfg, below, lower, cache, private=store is not cache)
         manifest.steps.append(StepRecord("convert", time.monotonic() - started))
     info = image_info(cfg.output)
     manifest.output = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from assembler import __version__, cancel
+from assembler import __version__, cancel, leftovers, progress
 from assembler.accel import Accel
 from assembler.config import (
     DEFAULT_DATASOURCES,
@@ -35,6 +36,7 @@ from assembler.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     AssemblerError,
+    NoSpaceError,
     UsageError,
 )
 from assembler.formats import FORMATS, ImageFormat
@@ -300,6 +302,8 @@ def cmd_build(ns: argparse.Namespace) -> int:
 
     cfg: BuildConfig = make_config(build_options(ns), os.environ)
     manifest = build(cfg)
+    convert = next((s.seconds for s in manifest.steps if s.name == "convert"), None)
+    progress.print_summary(manifest.layers, convert)
     out = manifest.output
     print(f"image: {out['path']} ({out['format']}, {out['size']} bytes)")
     print(f"manifest: {out['path']}.manifest.json")
@@ -329,7 +333,7 @@ def cmd_base(ns: argparse.Namespace) -> int:
     path = cached_base(spec, accel.resolve(requested))
     if ns.output:
         out = Path(ns.output).expanduser().absolute()
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+        tmp = leftovers.partial(out)
         try:
             shutil.copyfile(path, tmp)
             os.replace(tmp, out)
@@ -466,6 +470,16 @@ def _run_in_worker(handler: Callable[[argparse.Namespace], int], ns: argparse.Na
     return int(outcome["rc"])
 
 
+# The commands that show the live view on a terminal (a boot test prints its own phases).
+LIVE_VIEW = ("build", "base", "fetch")
+
+
+def _terminal(debug: bool) -> bool:
+    """Whether to draw the live view: stderr is a terminal that can draw, and not --debug
+    (whose every-command log is meant to be read as it scrolls)."""
+    return sys.stderr.isatty() and os.environ.get("TERM", "dumb") != "dumb" and not debug
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # Build is the default command: `assembler --format raw` means `assembler build --format raw`.
@@ -488,7 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "boot-test": cmd_boot_test,
             "cache": cmd_cache,
         }[ns.command]
-        return _run_in_worker(handler, ns)
+        if ns.command in LIVE_VIEW and _terminal(debug):
+            progress.use_terminal()
+        try:
+            return _run_in_worker(handler, ns)
+        finally:
+            progress.stop()  # before the error line, so that it is the last one
     except AssemblerError as exc:
         if debug:
             log.exception("failed")
@@ -497,3 +516,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # what no step foresaw: still one line
+        if debug:
+            log.exception("failed")
+        if exc.errno == errno.ENOSPC:
+            full = NoSpaceError(exc.filename or "the output or cache", "writing")
+            print(f"error: {full}", file=sys.stderr)
+            return full.exit_code
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        leftovers.release()

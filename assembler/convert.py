@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from assembler import diskspace, leftovers
+from assembler.errors import CommandError
 from assembler.formats import FORMATS, ImageFormat
 from assembler.run import run
 
@@ -26,7 +28,7 @@ def convert(source: Path, fmt: ImageFormat, output: Path, compression: str = "no
     threads, so out-of-order writes with several coroutines keep every core busy.
     """
     info = FORMATS[fmt]
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    tmp = leftovers.partial(output)
     argv: list[str | Path] = ["qemu-img", "convert", "-q", "-O", info.qemu_driver, "-m", "8"]
     options = list(info.qemu_options)
     if compression != "none":
@@ -40,7 +42,11 @@ def convert(source: Path, fmt: ImageFormat, output: Path, compression: str = "no
         argv.append("-W")
     argv += [source, tmp]
     try:
-        run(argv)
+        try:
+            run(argv)
+        except CommandError as exc:
+            diskspace.check((tmp,), f"converting to {fmt}", exc)
+            raise
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

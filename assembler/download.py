@@ -16,19 +16,17 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 from urllib.parse import urlsplit
 
 import requests
 
-from assembler import __version__
+from assembler import __version__, progress
 from assembler.errors import CommandError, DownloadError
 from assembler.run import run
 from assembler.sources import HashAlgo
@@ -340,40 +338,35 @@ def _size(n: float) -> str:
 
 
 class Progress:
-    """A one-line bar on a terminal (size, rate, ETA); on anything else, a log line per ~10%."""
+    """A download's bar on the terminal's live view (progress.py); anywhere else, a log line
+    per ~10%."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, interval_s: float = 0.2) -> None:
+    def __init__(self, label: str) -> None:
         self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval_s = interval_s
         self.total: int | None = None
         self.done = 0
         self.start_done = 0
         self.started = 0.0
-        self.last_draw = 0.0
         self.next_log_fraction = 0.1
-        self.drawn = False
+        self.bar: progress.Bar | None = None
 
     def start(self, total: int | None, done: int) -> None:
         self.total, self.done, self.start_done = total, done, done
-        self.started = self.last_draw = time.monotonic()
+        self.started = time.monotonic()
         self.next_log_fraction = 0.1 * (int(10 * done / total) + 1) if total else 0.1
-        if not self.tty:
+        self.bar = progress.bar(self.label, total, done)
+        if self.bar is None:
             size = _size(total) if total is not None else "unknown size"
             from_ = f" from {_size(done)}" if done else ""
             log.info("downloading %s (%s)%s", self.label, size, from_)
 
     def advance(self, n: int) -> None:
         self.done += n
-        now = time.monotonic()
-        if self.tty:
-            if now - self.last_draw >= self.interval_s:
-                self.last_draw = now
-                self._draw(now)
+        if self.bar is not None:
+            self.bar.advance(n)
         elif self.total and self.done / self.total >= self.next_log_fraction:
             self.next_log_fraction = 0.1 * (int(10 * self.done / self.total) + 1)
-            log.info("%s: %s", self.label, self.line(now))
+            log.info("%s: %s", self.label, self.line(time.monotonic()))
 
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-6)
@@ -387,31 +380,17 @@ class Progress:
             )
         return f"{_size(self.done)}  {_size(rate)}/s"
 
-    def _draw(self, now: float) -> None:
-        width = 24
-        filled = int(width * self.done / self.total) if self.total else 0
-        bar = "#" * filled + "-" * (width - filled) if self.total else ""
-        self.stream.write(f"\r\x1b[K{self.label} [{bar}] {self.line(now)}")
-        self.stream.flush()
-        self.drawn = True
-
     def finish(self) -> None:
-        now = time.monotonic()
-        if self.tty:
-            self._draw(now)
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
-        else:
-            elapsed = now - self.started
-            log.info("downloaded %s: %s in %.1f s", self.label, _size(self.done), elapsed)
+        elapsed = time.monotonic() - self.started
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        log.info("downloaded %s: %s in %.1f s", self.label, _size(self.done), elapsed)
 
     def abort(self) -> None:
-        """End a drawn line, so the next log message starts on its own line."""
-        if self.tty and self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def hash_file(path: Path, algo: HashAlgo) -> str:

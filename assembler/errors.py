@@ -6,6 +6,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NO_SPACE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -30,6 +31,19 @@ class CommandError(AssemblerError):
         self.stderr = stderr
         tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
         super().__init__(f"{argv[0]} exited with {returncode}: {tail}")
+
+
+class NoSpaceError(AssemblerError):
+    """A filesystem the build writes to filled up; what was being written is gone again."""
+
+    exit_code = EXIT_NO_SPACE
+
+    def __init__(self, where: object, what: str) -> None:
+        self.where = where
+        super().__init__(
+            f"no space left on the filesystem of {where} while {what}; free some room there "
+            "(`assembler cache prune` for the layer cache) or write elsewhere"
+        )
 
 
 class BuildError(AssemblerError):

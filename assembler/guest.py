@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from assembler import cancel
+from assembler import cancel, leftovers
 from assembler.accel import Accel
 from assembler.errors import BuildError, UsageError
 
@@ -49,7 +49,11 @@ def appliance(
     g.set_memsize(APPLIANCE_MEMSIZE_MB)
     g.set_smp(max(1, min(APPLIANCE_MAX_VCPUS, os.cpu_count() or 1)))
     g.set_network(network)
-    for path, fmt in disks:
+    # Its overlays in our run directory: a build killed outright leaves them where the next
+    # build sweeps (libguestfs's recovery process stops the appliance itself). Its sockets stay
+    # in $XDG_RUNTIME_DIR or /tmp: these bindings cannot move them.
+    g.set_tmpdir(str(leftovers.run_dir()))
+    for index, (path, fmt) in enumerate(disks):
         g.add_drive_opts(
             str(path),
             format=fmt,
@@ -58,6 +62,11 @@ def appliance(
             discard="disable" if readonly else "besteffort",
             cachemode="unsafe",
         )
+        # QEMU pauses the appliance when a write to the disk's file fails for want of room
+        # (werror=enospc), and the build would wait forever: the error goes to the appliance
+        # instead, so the step fails and the host names the full filesystem (diskspace.py).
+        # libguestfs's direct backend names its drives hd0, hd1, ...
+        g.config("-set", f"drive.hd{index}.werror=report")
     try:
         log.info("launching the libguestfs appliance (%s)", accel)
         cancel.check()

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from assembler import cancel
+from assembler import cancel, diskspace, leftovers
 from assembler.digestmemo import sha256_of
 from assembler.download import publish, write_atomically
-from assembler.errors import UsageError
+from assembler.errors import AssemblerError, UsageError
 from assembler.paths import cache_dir
 from assembler.run import run
 
@@ -199,14 +199,20 @@ class LayerCache:
     ) -> Entry:
         generation = f"{time.time_ns():x}"
         final = self.root / f"{key}.{generation}.qcow2"
-        tmp = self.root / f".{key}.{generation}.{os.getpid()}.partial.qcow2"
+        tmp = leftovers.partial(final.with_suffix(""), ".qcow2")
         try:
             run([
                 "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
                 "-F", parent.format, "-b", parent.path.absolute(), tmp,
                 *([str(size)] if size else []),
             ])  # fmt: skip
-            record = build(tmp)
+            try:
+                record = build(tmp)
+            except (AssemblerError, RuntimeError, OSError) as exc:
+                if not cancel.cancelled():  # a stopped appliance fails its call as well
+                    where = (self.root, leftovers.run_dir())
+                    diskspace.check(where, f"building the {name} layer", exc)
+                raise
             entry = Entry(
                 key=key,
                 name=name,

@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from assembler import diskspace, leftovers
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -55,18 +57,25 @@ class OutputCache:
             src = image.open("rb")
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
+        tmp = leftovers.partial(output)
         try:
             digest = hashlib.sha256()
             with src, tmp.open("wb") as dst:
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
-                    dst.write(chunk)
+                    if chunk.count(0) == len(chunk):  # a hole stays a hole (raw is mostly one)
+                        dst.seek(len(chunk), os.SEEK_CUR)
+                    else:
+                        dst.write(chunk)
+                dst.truncate()
             if digest.hexdigest() != stored.sha256 or tmp.stat().st_size != stored.size:
                 log.warning("cached output %s is damaged: dropped, converting again", key[:12])
                 self.drop(key)
                 return None
             os.replace(tmp, output)
+        except OSError as exc:
+            diskspace.check((tmp,), "copying the cached image to the output", exc)
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         log.info("output from the cache (%s): no convert", key[:12])

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from assembler import cancel, codeid
+from assembler import cancel, codeid, progress
 from assembler.accel import Accel
 from assembler.config import BuildConfig
 from assembler.errors import AssemblerError, BuildError
@@ -104,7 +104,7 @@ def run_steps(
 ) -> Facts:
     for name, step in steps:
         cancel.check()
-        log.info("step %s", name)
+        progress.step_started(name)
         started = time.monotonic()
         try:
             facts = facts.learn(step(g, cfg, **bind(step, facts)))
@@ -115,7 +115,7 @@ def run_steps(
             raise BuildError(name, str(exc).strip().splitlines()[-1]) from exc
         seconds = time.monotonic() - started
         records.append(StepRecord(name, seconds))
-        log.info("step %s done in %.1f s", name, seconds)
+        progress.step_done(name, seconds)
     return facts
 
 
@@ -134,8 +134,10 @@ def build_layer(
         with ThreadPoolExecutor(1) as pool:
             prepared = pool.submit(_timed, layer.prepare, cfg, facts) if layer.prepare else None
             started = time.monotonic()
+            progress.step_started("launch")
             with appliance([(overlay, "qcow2")], accel=accel, network=layer.network) as g:
                 records.append(StepRecord("launch", time.monotonic() - started))
+                progress.step_done("launch", records[-1].seconds)
                 if prepared is not None:
                     done, seconds = prepared.result()
                     records.insert(0, StepRecord(f"{layer.name}-prepare", seconds))
