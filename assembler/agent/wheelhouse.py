@@ -196,9 +196,15 @@ def manylinux_platforms(glibc: str, arch: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+# The newest manylinux uv (0.13) accepts for --python-platform; trixie's glibc is 2.41. Asking
+# for an older one only hides wheels that need the newer glibc: the resolution stays valid.
+UV_NEWEST_MANYLINUX_MINOR = 40
+
+
 def uv_platform(glibc: str, arch: str) -> str:
-    """uv's --python-platform for the guest: its newest manylinux, which admits the older ones."""
-    return f"{arch}-manylinux_2_{_glibc_minor(glibc)}"
+    """uv's --python-platform for the guest: its newest manylinux (as far as uv names them),
+    which admits the older ones."""
+    return f"{arch}-manylinux_2_{min(_glibc_minor(glibc), UV_NEWEST_MANYLINUX_MINOR)}"
 
 
 def supported_tags(spec: WheelhouseSpec) -> list[tags.Tag]:
