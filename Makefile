@@ -11,12 +11,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # rabbitmq-server (the boot tests run a private broker on loopback) and openssh-server/rsync
 # (the boot tests play a dev-mode controller on loopback), docker-registry (the boot tests serve
 # datastore images from a private registry on loopback), postgresql (a server the datastore
-# client's tests start on loopback); guestfs-tools is virt-customize, the
-# peer `make bench` measures us against.
+# client's tests start on loopback), ovmf (UEFI boots), tmux (a terminal the live view's test
+# reads the screen of); guestfs-tools is virt-customize, the peer `make bench` measures us
+# against.
 APT_PACKAGES := libguestfs-tools guestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
 	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
 	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl \
-	zstd docker-registry postgresql ovmf
+	zstd docker-registry postgresql ovmf tmux
 
 # `make image` options, passed on only when set (trovestack's defaults otherwise).
 GUEST_OS ?=

@@ -48,6 +48,9 @@ class Release:
     # Packages a base image built with `assembler base` carries, beyond debootstrap's minbase.
     kernel_package: str
     layout: str  # the disk shape of the distro's cloud images, a key of layouts.LAYOUTS
+    # Packages the archive's docker needs beyond docker.io: trixie split the client into
+    # docker-cli, which docker.io only recommends (and the build installs no Recommends).
+    archive_docker_extra: tuple[str, ...] = ()
 
 
 UBUNTU = Distro(
@@ -82,7 +85,16 @@ RELEASES: dict[str, Release] = {
         Release(UBUNTU, "jammy", "22.04", "3.10", "ubuntu", "linux-image-virtual", "jammy"),
         Release(UBUNTU, "noble", "24.04", "3.12", "ubuntu", "linux-image-virtual", "noble"),
         Release(DEBIAN, "bookworm", "12", "3.11", "debian", "linux-image-cloud-amd64", "debian"),
-        Release(DEBIAN, "trixie", "13", "3.13", "debian", "linux-image-cloud-amd64", "debian"),
+        Release(
+            DEBIAN,
+            "trixie",
+            "13",
+            "3.13",
+            "debian",
+            "linux-image-cloud-amd64",
+            "debian",
+            archive_docker_extra=("docker-cli",),
+        ),
     )
 }
 

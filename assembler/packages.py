@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from assembler.config import DockerSource
+from assembler.distros import Release
 
 RUNTIME_PACKAGES: tuple[str, ...] = (
     "acl",
@@ -45,6 +46,12 @@ class DockerPackaging:
     units: tuple[str, ...]
     # Whether Docker's own apt repository has to be added to the guest.
     needs_docker_repo: bool
+
+
+def docker_packages(source: DockerSource, release: Release) -> tuple[str, ...]:
+    """What installs docker from that source on that release."""
+    extra = release.archive_docker_extra if source is DockerSource.ARCHIVE else ()
+    return (*DOCKER[source].packages, *extra)
 
 
 DOCKER: dict[DockerSource, DockerPackaging] = {

@@ -23,6 +23,13 @@ class Built:
     env: dict[str, str]
     stderr: str
 
+    def args_to(self, out: Path) -> list[str]:
+        """The arguments of this build, writing `out` instead (without --debug: its
+        tracebacks would hide whether an error is one line)."""
+        argv = [a for a in self.args if a != "--debug"]
+        argv[argv.index("-o") + 1] = str(out)
+        return argv
+
 
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 1200
@@ -37,12 +44,18 @@ def run_cli(
     )
 
 
-def build(base: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> Built:
+def build(
+    base: Path,
+    out: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    release: str = "bookworm",
+) -> Built:
     argv = (
         "--guest-os",
         "debian",
         "--release",
-        "bookworm",
+        release,
         "--base",
         str(base),
         "-o",
@@ -90,6 +103,27 @@ def qcow2_custom(debian_base: Path, images_dir: Path) -> Built:
 @pytest.fixture(scope="session")
 def vmdk_dev(debian_base: Path, images_dir: Path) -> Built:
     return build(debian_base, images_dir / "dev.vmdk", "--dev-mode", "--debug")
+
+
+# Debian 13 as a guest (`full`): its own base, built here from trixie's archive, and the two
+# kinds of image, each booted with the agent (tests/boot/test_boot.py).
+@pytest.fixture(scope="session")
+def trixie_base() -> Path:
+    from assembler.accel import Accel
+    from assembler.base import BaseSpec, cached_base
+    from assembler.distros import RELEASES
+
+    return cached_base(BaseSpec(RELEASES["trixie"]), Accel.TCG)
+
+
+@pytest.fixture(scope="session")
+def trixie_production(trixie_base: Path, images_dir: Path) -> Built:
+    return build(trixie_base, images_dir / "trixie.qcow2", "--no-dev-mode", release="trixie")
+
+
+@pytest.fixture(scope="session")
+def trixie_dev(trixie_base: Path, images_dir: Path) -> Built:
+    return build(trixie_base, images_dir / "trixie-dev.raw", "--dev-mode", release="trixie")
 
 
 @pytest.fixture(scope="session")

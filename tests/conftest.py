@@ -19,6 +19,9 @@ from tests.builds import (  # noqa: F401 (fixtures, found by name)
     qcow2_first_boot,
     raw_production,
     test_doubles,
+    trixie_base,
+    trixie_dev,
+    trixie_production,
     vmdk_dev,
 )
 

@@ -18,14 +18,14 @@ from assembler.config import BuildConfig
 from assembler.distros import apt_sources
 from assembler.facts import Facts, Prepared
 from assembler.guest import sh
-from assembler.packages import DOCKER, RUNTIME_PACKAGES
+from assembler.packages import DOCKER, RUNTIME_PACKAGES, docker_packages
 from assembler.steps import apt, docker
 
 log = logging.getLogger(__name__)
 
 
 def wanted(cfg: BuildConfig) -> list[str]:
-    return sorted({*RUNTIME_PACKAGES, *DOCKER[cfg.docker_source].packages})
+    return sorted({*RUNTIME_PACKAGES, *docker_packages(cfg.docker_source, cfg.release)})
 
 
 def _fetch(cfg: BuildConfig, base: BaseFacts, scratch: Path) -> hostapt.Fetched:

@@ -30,6 +30,8 @@ FORMAT_OF = {
     "vmdk_dev": "vmdk",
     "qcow2_embedded": "qcow2",
     "qcow2_first_boot": "qcow2",
+    "trixie_production": "qcow2",
+    "trixie_dev": "raw",
 }
 
 
@@ -65,6 +67,10 @@ POSITIVE = {
     "postgresql-first-boot": Boot(
         "qcow2_first_boot", args=("--datastore", "postgresql:15", "--no-registry")
     ),
+    # Debian 13: the agent over the bus from a production image (BIOS), and a dev image that
+    # fetches trove's source from the controller (UEFI, through a config drive).
+    "trixie-production": Boot("trixie_production"),
+    "trixie-dev": Boot("trixie_dev", config_drive=True, args=("--firmware", "uefi")),
 }
 
 

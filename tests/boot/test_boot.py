@@ -20,6 +20,7 @@ import pytest
 
 from tests.boot.conftest import BootPool, negative_boot
 from tests.boot.faults import COMBINED, FAULTS
+from tests.builds import Built
 
 pytestmark = pytest.mark.boot
 
@@ -96,6 +97,23 @@ def test_dev_vmdk_through_a_config_drive(boot: str, boots: BootPool, vmdk_dev: A
     assert "DataSourceConfigDrive" in by["datasource"]["detail"]
     assert report["metadata_requests"] == []
     assert by["agent-rpc"]["status"] == "passed"
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("boot", ["trixie-production", "trixie-dev"])
+def test_debian_trixie_images_boot_with_the_agent(boot: str, boots: BootPool, request: Any) -> None:
+    built: Built = request.getfixturevalue(boot.replace("-", "_"))
+    assert built.manifest["agent"]["python"] == "3.13"
+    assert built.manifest["firmware"] == ["bios", "uefi"]
+    report = boots.result(boot).report
+    by = checks(report)
+    assert report["passed"], table(report)
+    assert report["firmware"] == ("uefi" if boot == "trixie-dev" else "bios")
+    assert "rpc_ping answered" in by["agent-rpc"]["detail"], table(report)
+    assert all(
+        c["status"] == ("not-applicable" if c["name"] in DATASTORE_CHECKS else "passed")
+        for c in by.values()
+    ), table(report)
 
 
 def assert_database_created(report: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:

@@ -78,7 +78,7 @@ def test_output_filling_up_in_the_convert(
 ) -> None:
     fs = small_fs("64M")
     out = fs / "prod.vhd"  # raw_production's layers, a format nobody converted them to yet
-    proc = run_cli(*like(raw_production, out), "--format", "vhd", env=raw_production.env)
+    proc = run_cli(*raw_production.args_to(out), "--format", "vhd", env=raw_production.env)
     assert_one_line_no_space(proc, out.parent)
     assert "while converting to vhd" in proc.stderr
     assert list(fs.iterdir()) == []
@@ -92,16 +92,8 @@ def test_output_filling_up_in_the_copy_of_a_cached_image(
 ) -> None:
     fs = small_fs("64M")
     out = fs / "prod.raw"  # raw_production itself: the output cache has it, and copies it
-    proc = run_cli(*like(raw_production, out), env=raw_production.env)
+    proc = run_cli(*raw_production.args_to(out), env=raw_production.env)
     assert_one_line_no_space(proc, out.parent)
     assert "while copying the cached image to the output" in proc.stderr
     assert list(fs.iterdir()) == []
     assert partials(cache_dir()) == []
-
-
-def like(built: Built, out: Path) -> list[str]:
-    """The arguments of that build, writing `out` (without --debug: its traceback would hide
-    whether the error is one line)."""
-    argv = [a for a in built.args if a != "--debug"]
-    argv[argv.index("-o") + 1] = str(out)
-    return argv

@@ -55,3 +55,15 @@ def test_guest_pythons() -> None:
         "bookworm": "3.11",
         "trixie": "3.13",
     }
+
+
+def test_trixie_gets_the_docker_client_that_docker_io_only_recommends() -> None:
+    from assembler.config import DockerSource
+    from assembler.packages import docker_packages
+
+    assert "docker-cli" in docker_packages(DockerSource.ARCHIVE, RELEASES["trixie"])
+    assert "docker-cli" not in docker_packages(DockerSource.ARCHIVE, RELEASES["bookworm"])
+    # Docker's own repository ships its client as docker-ce-cli on every release.
+    assert docker_packages(DockerSource.DOCKER_CE, RELEASES["trixie"]) == (
+        "docker-ce", "docker-ce-cli", "containerd.io",
+    )  # fmt: skip
