@@ -121,7 +121,8 @@ def partials(*dirs: Path) -> list[Path]:
                     found.append(Path(root) / name)
     runs = cache_dir() / "run"
     if runs.exists():
-        found += [p for p in runs.iterdir() if p.name != str(os.getpid())]
+        # Not those of running processes (this one, or another build at work).
+        found += [p for p in runs.iterdir() if not leftovers.alive(int(p.name))]
     return found
 
 
