@@ -59,6 +59,7 @@ def assert_one_line_no_space(proc: subprocess.CompletedProcess[str], where: Path
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.full  # a system layer's appliance and packages until the room runs out: ~2 min
 def test_layer_cache_filling_up_mid_layer(
     debian_base: Path, small_fs: Callable[[str], Path]
 ) -> None:

@@ -217,7 +217,7 @@ def test_killed_at_each_stage_the_same_build_then_succeeds(
     kill_during(argv, DOWNLOAD)
     assert list((cache_dir() / "downloads").rglob("*.part"))  # kept, for the next run to resume
     server.delay_s = 0
-    for stage in (CONFIG, AGENT, CONVERT):
+    for stage in (AGENT, CONVERT):
         kill_during(argv, stage)
         left = partials(cache_dir(), session_layer_cache, out.parent)
         assert left, f"the build killed during its {stage.name} wrote nothing there yet"
@@ -229,7 +229,7 @@ def test_killed_at_each_stage_the_same_build_then_succeeds(
 
 
 @pytest.mark.full
-def test_killed_in_the_system_layer_the_same_build_then_succeeds(
+def test_killed_in_the_system_and_config_layers_the_same_build_then_succeeds(
     debian_base: Path, session_layer_cache: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out" / "killed.qcow2"
@@ -239,7 +239,8 @@ def test_killed_in_the_system_layer_the_same_build_then_succeeds(
         "--base", str(debian_base), "-o", str(out), "--accel", "tcg", "--no-dev-mode",
         "--size", "4G",  # the size tests/image/test_layer_rebuilds.py builds: a new system layer
     ]  # fmt: skip
-    kill_during(argv, SYSTEM)
-    assert partials(session_layer_cache)
+    for stage in (SYSTEM, CONFIG):
+        kill_during(argv, stage)
+        assert partials(session_layer_cache), stage.name
     run_to_the_end(argv)
     check_clean(out, session_layer_cache)
