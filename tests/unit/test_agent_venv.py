@@ -14,6 +14,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -356,6 +357,40 @@ def test_wheelhouse_is_cached_by_its_inputs(fake_uv: FakeUv, tmp_path: Path) -> 
     rebuilt = build_wheelhouse(spec)
     assert len(fake_uv.calls) == 3 and rebuilt.directory == first.directory
     assert rebuilt.wheels[0].path.read_bytes() != b"tampered"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size: only the hash can tell
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip], ids=["truncated", "bytes-flipped"])
+def test_a_damaged_cached_wheel_is_fetched_again(
+    fake_uv: FakeUv, damage: Callable[[Path], None]
+) -> None:
+    spec = WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36")
+    first = build_wheelhouse(spec)
+    wheel = first.wheels[-1].path
+    good = wheel.read_bytes()
+    damage(wheel)
+    again = build_wheelhouse(spec)
+    assert len(fake_uv.calls) == 2  # not trusted: resolved and fetched again
+    assert again.directory == first.directory and wheel.read_bytes() == good
+
+
+def test_a_damaged_wheelhouse_index_is_built_again(fake_uv: FakeUv) -> None:
+    spec = WheelhouseSpec(PypiAgent("9.9.9"), "3.11", "2.36")
+    first = build_wheelhouse(spec)
+    index = first.directory / wheelhouse.INDEX_FILE
+    index.write_text(index.read_text()[:40])
+    assert build_wheelhouse(spec).wheels == first.wheels
+    assert len(fake_uv.calls) == 2
 
 
 def test_a_wheel_whose_hash_is_not_the_indexs_is_refused(fake_uv: FakeUv) -> None:

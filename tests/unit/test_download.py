@@ -541,6 +541,16 @@ def test_corrupted_cache_entry_is_fetched_again(loopback: Loopback, key: Key) ->
     assert len(loopback.site.gets(UBUNTU_IMAGE)) == 2
 
 
+def test_truncated_cache_entry_is_fetched_again(loopback: Loopback, key: Key) -> None:
+    image = disk_image(23)
+    publish_ubuntu(loopback.site, key, image)
+    fb = fetch_jammy(loopback, key)
+    with fb.path.open("r+b") as f:
+        f.truncate(len(image) // 3)
+    assert fetch_jammy(loopback, key).path.read_bytes() == image
+    assert len(loopback.site.gets(UBUNTU_IMAGE)) == 2
+
+
 def test_two_builds_at_once_download_once(loopback: Loopback, key: Key) -> None:
     image = disk_image(19)
     publish_ubuntu(loopback.site, key, image)
