@@ -75,6 +75,7 @@ def grown(noble_shaped_base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.image
+@pytest.mark.full  # the noble-shaped base is built first: ~6 min on a fresh machine
 def test_inspection_finds_the_root_p1_and_mounts_boot_and_esp(grown: Any) -> None:
     _, dev, found, _, _ = grown
     assert found["root"] == f"{dev}1"
@@ -82,6 +83,7 @@ def test_inspection_finds_the_root_p1_and_mounts_boot_and_esp(grown: Any) -> Non
 
 
 @pytest.mark.image
+@pytest.mark.full  # the noble-shaped base is built first: ~6 min on a fresh machine
 def test_grow_root_leaves_bios_boot_esp_and_boot_as_they_were(grown: Any) -> None:
     g, dev, _, (before, after), _ = grown
     parts = {p["part_num"]: p for p in g.part_list(dev)}
@@ -94,6 +96,7 @@ def test_grow_root_leaves_bios_boot_esp_and_boot_as_they_were(grown: Any) -> Non
 
 
 @pytest.mark.image
+@pytest.mark.full  # the noble-shaped base is built first: ~6 min on a fresh machine
 def test_the_root_grew_into_the_rest_and_root_grown_passes_it(grown: Any) -> None:
     g, dev, _, _, _ = grown
     parts = {p["part_num"]: p for p in g.part_list(dev)}
@@ -116,6 +119,7 @@ def test_the_root_grew_into_the_rest_and_root_grown_passes_it(grown: Any) -> Non
 
 
 @pytest.mark.image
+@pytest.mark.full  # the noble-shaped base is built first: ~6 min on a fresh machine
 def test_firmware_is_bios_and_uefi_and_the_kernel_is_on_boot(grown: Any) -> None:
     g, _, _, _, firmware = grown
     assert firmware == {"firmware": ("bios", "uefi")}
