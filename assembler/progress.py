@@ -93,7 +93,8 @@ class View:
             elif s.cached:
                 mark, doing = Text("✓", style="green"), Text("cached", style="dim")
             else:
-                mark, doing = Text("✓", style="green"), Text(f"built, {len(s.steps)} steps")
+                done = f"built, {len(s.steps)} steps" if s.steps else "done"
+                mark, doing = Text("✓", style="green"), Text(done)
             table.add_row(mark, Text(s.name, style="bold"), doing, f"{s.seconds:.1f} s")
         return Group(table, self.bars)
 

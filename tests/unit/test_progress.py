@@ -40,12 +40,15 @@ def test_the_view_shows_each_stage_and_its_running_step(screen: io.StringIO) -> 
         text = drawn()
         assert "config layer" in text and "hygiene" in text
         progress.step_done("hygiene", 1.0)
+    with progress.stage("raw output"):
+        pass
     with pytest.raises(RuntimeError), progress.stage("agent layer"):
         raise RuntimeError("boom")
     lines = drawn().splitlines()
     assert any("system layer" in line and "cached" in line for line in lines)
     assert any("config layer" in line and "built, 2 steps" in line for line in lines)
     assert any("agent layer" in line and "failed" in line for line in lines)
+    assert any("raw output" in line and "done" in line for line in lines)  # a stage of no steps
 
 
 def test_log_records_print_above_the_view(screen: io.StringIO) -> None:
