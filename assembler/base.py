@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,12 +232,11 @@ def _scratch_root() -> Path:
 
 
 def _timed(what: str, func: Callable[..., None], *args: Any) -> None:
-    start = time.monotonic()
+    """One phase, as a stage of the live view (or a line when it starts and when it is done)."""
     if not progress.active():
         log.info("base: %s...", what)
     with progress.stage(f"base: {what}"):
         func(*args)
-    log.info("base: %s took %.0f s", what, time.monotonic() - start)
 
 
 def _host_env() -> dict[str, str]:

@@ -29,7 +29,7 @@ from assembler.images import DiskImage, inspect_disk
 from assembler.layers import Entry, LayerCache, Parent
 from assembler.manifest import Manifest, StepRecord, manifest_path, sha256_file, write_atomically
 from assembler.outputs import OutputCache, output_key
-from assembler.packages import DOCKER, RUNTIME_PACKAGES, docker_packages
+from assembler.packages import DOCKER
 from assembler.stack import Layer, build_layer
 from assembler.steps import agent as agent_steps
 from assembler.steps import (
@@ -54,7 +54,7 @@ def system_inputs(cfg: BuildConfig, facts: Facts) -> dict[str, Any]:
     return {
         "release": cfg.release.codename,
         "sources": apt_sources(cfg.release, cfg.mirror),
-        "packages": sorted({*RUNTIME_PACKAGES, *docker_packages(cfg.docker_source, cfg.release)}),
+        "packages": packages.wanted(cfg),
         "docker": [str(cfg.docker_source), *docker.units],
         "size": cfg.size_bytes,
     }

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from assembler import leftovers
 from assembler.run import die_with_parent
 
 MAGIC = b"!<arch>\n"
@@ -86,7 +87,7 @@ def repack(src: Path, dest: Path, codec: str) -> None:
     """Write `src` with its data member as data.tar (codec "none") or data.tar.zst ("zstd")."""
     if codec not in ("none", "zstd"):
         raise ValueError(f"unknown codec {codec}")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    tmp = leftovers.partial(dest)
     try:
         with src.open("rb") as f, tmp.open("wb") as out:
             out.write(MAGIC)
@@ -108,7 +109,7 @@ def _write_data(
     f: BinaryIO, offset: int, size: int, name: str, out: IO[bytes], codec: str, tmp: Path
 ) -> None:
     suffix = name[len("data.tar") :]
-    plain = tmp.with_suffix(".data")
+    plain = tmp.with_name(tmp.name + ".data")  # still a partial's name, for leftovers.sweep
     try:
         with plain.open("wb") as p:
             window = _Window(f, offset, size)

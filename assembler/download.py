@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from assembler import __version__, progress
+from assembler import __version__, leftovers, progress
 from assembler.errors import CommandError, DownloadError
 from assembler.run import run
 from assembler.sources import HashAlgo
@@ -381,10 +381,8 @@ class Progress:
         return f"{_size(self.done)}  {_size(rate)}/s"
 
     def finish(self) -> None:
+        self.abort()
         elapsed = time.monotonic() - self.started
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
         log.info("downloaded %s: %s in %.1f s", self.label, _size(self.done), elapsed)
 
     def abort(self) -> None:
@@ -543,7 +541,7 @@ def publish(src: Path, dest: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = leftovers.partial(path)
     try:
         tmp.write_bytes(data)
         publish(tmp, path)

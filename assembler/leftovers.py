@@ -37,16 +37,20 @@ def partial(dest: Path, suffix: str = "") -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.partial{suffix}")
 
 
+def _run_path() -> Path:
+    return cache_dir() / RUN / str(os.getpid())
+
+
 def run_dir() -> Path:
     """This process's scratch directory, on the cache's filesystem (so renames stay cheap)."""
-    path = cache_dir() / RUN / str(os.getpid())
+    path = _run_path()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def release() -> None:
     """Remove this process's run directory (at exit; whatever is still in it is scratch)."""
-    path = cache_dir() / RUN / str(os.getpid())
+    path = _run_path()
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)
 

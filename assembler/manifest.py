@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assembler import leftovers
+
 CHUNK = 4 * 1024 * 1024
 
 
@@ -68,7 +70,7 @@ class Manifest:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = leftovers.partial(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

@@ -87,7 +87,7 @@ class OutputCache:
         """Keep `output` for key: a hard link (a copy across filesystems, or when the caller
         goes on writing to `output`: link=False)."""
         image, meta = self._paths(key)
-        tmp = self.root / f".{key}.{os.getpid()}.partial"
+        tmp = leftovers.partial(image)
         tmp.unlink(missing_ok=True)
         try:
             if link:
@@ -99,7 +99,7 @@ class OutputCache:
                 shutil.copyfile(output, tmp)
             os.replace(tmp, image)
             doc = {"sha256": sha256, "size": image.stat().st_size, "layer": layer_ident}
-            meta_tmp = meta.with_suffix(f".{os.getpid()}.partial")
+            meta_tmp = leftovers.partial(meta)
             meta_tmp.write_text(json.dumps(doc))
             os.replace(meta_tmp, meta)
         except OSError as exc:  # a cache that cannot take it costs the next build a convert
