@@ -5,8 +5,9 @@ private RabbitMQ), the dev vmdk through a config drive (its agent fetched from a
 loopback). Negative: images with faults planted (tests/boot/faults.py); each fault's check must
 fail with its cause, and every other check must pass or name the failed check it waits on.
 
-`make test` boots the positives, the combined negatives and the two faults that leave nothing
-else to judge; `make test-all` (marker `full`) boots every fault alone as well.
+`make test` boots the positives and the three images with faults combined (every fault of
+the combined images judged in one boot each); `make test-all` (marker `full`) boots every fault
+alone as well, among them those that cannot share an image.
 """
 
 from __future__ import annotations
@@ -24,19 +25,17 @@ from tests.builds import Built
 
 pytestmark = pytest.mark.boot
 
-# Faults whose check everything else depends on: alone in an image, in both tiers.
-ALONE_IN_BOTH = ("no-kernel", "no-openstack-datasource")
-# Faults of a datastore run that hide each other (no database: no query): alone in both tiers.
+# Faults whose check everything else depends on: they can share an image with no other.
+ALONE = ("no-kernel", "no-openstack-datasource")
+# Faults of a datastore run that hide each other (no database: no query): alone as well.
 DATASTORE_ALONE = ("entrypoint-dies", "user-never-created")
-# The longest boots first (the pool runs them in this order, two at a time).
+# The combined images in both tiers (make test's budget holds three boots of faults); the
+# longest boots first (the pool runs them in this order, two at a time).
 NEGATIVES = [
-    *(pytest.param(name, id=name) for name in DATASTORE_ALONE),
     *(pytest.param(name, id=name) for name in COMBINED),
-    *(pytest.param(name, id=name) for name in ALONE_IN_BOTH),
     *(
         pytest.param(name, id=name, marks=pytest.mark.full)
-        for name in FAULTS
-        if name not in (*ALONE_IN_BOTH, *DATASTORE_ALONE)
+        for name in (*DATASTORE_ALONE, *(f for f in FAULTS if f not in DATASTORE_ALONE))
     ),
 ]
 DATASTORE_CHECKS = ("datastore-image", "datastore-prepare", "datastore-query")
@@ -142,6 +141,7 @@ def test_a_database_from_the_registry(boot: str, boots: BootPool) -> None:
     assert_database_created(result.report, "pulled from the registry")
 
 
+@pytest.mark.full  # its own build (the datastore layer) and a boot: make test's budget
 @pytest.mark.parametrize("boot", ["mariadb-embedded"])
 def test_a_database_from_an_image_in_docker_s_store_with_no_registry(
     boot: str, boots: BootPool, qcow2_embedded: Any
@@ -201,7 +201,7 @@ def test_negative_image_fails_the_right_checks(boot: str, boots: BootPool) -> No
     # Failure evidence is kept: the console log at least.
     assert (result.artifacts / "console.log").stat().st_size > 0
     # Faults the console shows end the boot at once, not after a silence.
-    if boot in ALONE_IN_BOTH:
+    if boot in ALONE:
         assert report["stopped_because"] and "no progress" not in report["stopped_because"]
         assert "facts" not in report["phases"], report["phases"]
 
