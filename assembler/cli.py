@@ -43,7 +43,7 @@ from assembler.formats import FORMATS, ImageFormat
 from assembler.layouts import LAYOUTS, Firmware
 
 log = logging.getLogger("assembler")
-COMMANDS = ("build", "base", "fetch", "boot-test", "cache")
+COMMANDS = ("build", "base", "fetch", "boot-test", "cache", "publish")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -249,7 +249,61 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--older-than", type=float, metavar="DAYS", help="prune: unused for DAYS")
     c.add_argument("--all", action="store_true", help="prune: every layer not in use")
     c.add_argument("-v", "--debug", action="store_true", help="tracebacks")
+
+    _publish_parser(sub)
     return parser
+
+
+def _publish_parser(sub: Any) -> None:
+    from assembler.publish.rotation import Retire
+
+    p = sub.add_parser(
+        "publish", help="register a built image in Glance (verified) and its datastore version"
+    )
+    p.add_argument("image", nargs="?", help="a built image, its manifest beside it")
+    p.add_argument("--datastore", required=True, metavar="NAME:VERSION", help="e.g. mysql:8.4")
+    p.add_argument("--manager", help="the datastore's manager (default: its name)")
+    p.add_argument("--os-cloud", help="a cloud of clouds.yaml (default: OS_CLOUD, else OS_*)")
+    p.add_argument("--name", help="the Glance image's name (default: trove-guest-OS-RELEASE…)")
+    p.add_argument("--tag", action="append", default=[], help="another tag (beside trove, NAME)")
+    p.add_argument(
+        "--visibility",
+        choices=("private", "shared", "community", "public"),
+        default="private",
+        help="who sees the image (default private, as the original document has it)",
+    )
+    p.add_argument(
+        "--firmware",
+        choices=("bios", "uefi"),
+        help="hw_firmware_type for an image that boots with both (default: bios)",
+    )
+    p.add_argument(
+        "--retire",
+        choices=list(Retire),
+        default=Retire.UNTAG,
+        help="how older images with the tags leave Trove's choice (default: untag)",
+    )
+    p.add_argument("--keep", type=int, metavar="N", help="keep N retired images; delete older")
+    p.add_argument(
+        "--rollback", action="store_true", help="Trove takes the image retired last again"
+    )
+    p.add_argument("--sign-key", help="PEM RSA private key: sign the image bytes (RSA-PSS)")
+    p.add_argument("--sign-cert-uuid", help="the key manager's id of the signing certificate")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="create or update the datastore version (else print the commands)",
+    )
+    p.add_argument(
+        "--register-with",
+        choices=("auto", "trove-manage", "api"),
+        default="auto",
+        help="trove-manage on a controller, Trove's management API (default: what is there)",
+    )
+    p.add_argument("--default", action="store_true", help="the datastore's default version")
+    p.add_argument("--trove-config", help="trove.conf for trove-manage (/etc/trove/trove.conf)")
+    p.add_argument("--validation-rules", help="the manager's validation-rules.json")
+    p.add_argument("-v", "--debug", action="store_true", help="log every request; tracebacks")
 
 
 def _merge(option: str | None, positional: str | None, name: str) -> str | None:
@@ -429,6 +483,41 @@ def cmd_cache(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_publish(ns: argparse.Namespace) -> int:
+    from assembler.publish.command import PublishOptions, publish
+    from assembler.publish.rotation import Retire
+    from assembler.publish.spec import parse_datastore
+
+    if ns.rollback and ns.image:
+        raise UsageError("--rollback takes no IMAGE: it goes back to the image retired last")
+    if ns.keep is not None and ns.keep < 0:
+        raise UsageError("--keep must not be negative")
+
+    def path(value: str | None) -> Path | None:
+        return Path(value).expanduser().absolute() if value else None
+
+    opts = PublishOptions(
+        datastore=parse_datastore(ns.datastore, ns.manager),
+        image=path(ns.image),
+        cloud=ns.os_cloud,
+        name=ns.name,
+        extra_tags=tuple(ns.tag),
+        visibility=ns.visibility,
+        firmware=ns.firmware,
+        retire=Retire(ns.retire),
+        keep=ns.keep,
+        rollback=ns.rollback,
+        sign_key=path(ns.sign_key),
+        sign_cert_uuid=ns.sign_cert_uuid,
+        register=ns.register,
+        register_with=ns.register_with,
+        default=ns.default,
+        trove_config=path(ns.trove_config),
+        validation_rules=path(ns.validation_rules),
+    )
+    return publish(opts)
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -501,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fetch": cmd_fetch,
             "boot-test": cmd_boot_test,
             "cache": cmd_cache,
+            "publish": cmd_publish,
         }[ns.command]
         if ns.command in LIVE_VIEW and _terminal(debug):
             progress.use_terminal()
