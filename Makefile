@@ -6,17 +6,17 @@ VPY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Host packages: libguestfs and its Python bindings (Debian's only), a kernel for the appliance,
-# QEMU and qemu-img, debootstrap for base images, socat for the boot tests' forwards,
-# xorriso for config drives and seeds, openssl for password hashes, gnupg for signatures,
-# rabbitmq-server (the boot tests run a private broker on loopback) and openssh-server/rsync
-# (the boot tests play a dev-mode controller on loopback), docker-registry (the boot tests serve
-# datastore images from a private registry on loopback), postgresql (a server the datastore
-# client's tests start on loopback), ovmf (UEFI boots), tmux (a terminal the live view's test
-# reads the screen of); guestfs-tools is virt-customize, the peer `make bench` measures us
-# against.
+# QEMU and qemu-img, debootstrap for base images, sfdisk (fdisk) for their partition tables,
+# socat for the boot tests' forwards, xorriso for config drives and seeds, openssl for password
+# hashes, gnupg for signatures, rabbitmq-server (the boot tests run a private broker on
+# loopback) and openssh-server/rsync (the boot tests play a dev-mode controller on loopback),
+# docker-registry (the boot tests serve datastore images from a private registry on loopback),
+# postgresql (a server the datastore client's tests start on loopback), ovmf (UEFI boots), tmux
+# (a terminal the live view's test reads the screen of); guestfs-tools is virt-customize, the
+# peer `make bench` measures us against.
 APT_PACKAGES := libguestfs-tools guestfs-tools python3-guestfs linux-image-amd64 qemu-utils qemu-system-x86 \
 	debootstrap debian-archive-keyring socat xorriso genisoimage openssh-client openssl gnupg \
-	python3-venv ca-certificates util-linux rabbitmq-server iproute2 openssh-server rsync curl \
+	python3-venv ca-certificates util-linux fdisk rabbitmq-server iproute2 openssh-server rsync curl \
 	zstd docker-registry postgresql ovmf tmux
 
 # `make image` options, passed on only when set (trovestack's defaults otherwise).

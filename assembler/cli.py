@@ -39,7 +39,7 @@ from assembler.errors import (
     NoSpaceError,
     UsageError,
 )
-from assembler.formats import FORMATS, ImageFormat
+from assembler.formats import ImageFormat
 from assembler.layouts import LAYOUTS, Firmware
 
 log = logging.getLogger("assembler")
@@ -368,12 +368,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
         print(report.table())
         if not report.passed:
             return EXIT_FAILED
-    print(
-        "register it: openstack image create trove-guest-"
-        f"{cfg.guest_os}-{cfg.release.codename} --private "
-        f"--disk-format {FORMATS[cfg.image_format].glance_disk_format} "
-        f"--container-format bare --tag trove --file {out['path']}"
-    )
+    print(f"publish it: assembler publish {out['path']} --datastore NAME:VERSION --register")
     return EXIT_OK
 
 

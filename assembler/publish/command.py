@@ -24,7 +24,7 @@ from assembler.errors import UsageError
 from assembler.publish import rotation
 from assembler.publish.glance import CloudError, Glance, Image, connect
 from assembler.publish.hashing import Digests, digests
-from assembler.publish.register import Registration, register, rules_path, trove_package_of
+from assembler.publish.register import Registration, register, route, rules_path, trove_package_of
 from assembler.publish.rotation import Change, Retire
 from assembler.publish.signing import load_key, signature_properties
 from assembler.publish.spec import (
@@ -71,11 +71,13 @@ def publish(opts: PublishOptions) -> int:
     tags = tags_for(opts.datastore, opts.extra_tags)
     if opts.rollback:
         glance = Glance(connect(opts.cloud))
-        changes = rotation.rollback(glance, tags, opts.retire, opts.datastore.key)
+        changes = rotation.rollback(glance, opts.datastore, tags, opts.retire)
         _report(changes, glance, tags)
         return 0
     if opts.image is None:
         raise UsageError("publish needs an IMAGE (or --rollback)")
+    if opts.validation_rules is not None and not opts.validation_rules.is_file():
+        raise UsageError(f"--validation-rules {opts.validation_rules}: no such file")
     if (opts.sign_key is None) != (opts.sign_cert_uuid is None):
         raise UsageError("--sign-key and --sign-cert-uuid go together")
     spec = image_spec(
@@ -96,11 +98,12 @@ def publish(opts: PublishOptions) -> int:
     if key is not None and opts.sign_cert_uuid is not None:
         props |= signature_properties(key, local.sha256_raw, opts.sign_cert_uuid)
     conn = connect(opts.cloud)
+    how = route(opts.register_with if opts.register else "print", opts.trove_config, conn)
     glance = Glance(conn)
     changes = sweep_unfinished(glance)
     reused = find_same(glance, spec, local, opts.sign_cert_uuid)
     if reused is not None:
-        changes.append(rotation.restore(glance, reused, spec.tags))
+        changes.append(rotation.restore(glance, reused, opts.datastore, spec.tags))
         current = glance.get(reused.id)
         ours = {k: v for k, v in props.items() if not k.startswith("img_signature")}
         glance.set_properties(current, dict(ours))
@@ -108,10 +111,11 @@ def publish(opts: PublishOptions) -> int:
     else:
         current = upload(glance, spec, props, local)
         changes.append(Change("uploaded", current, _verified(local, started)))
-    changes += rotation.retire_others(glance, current, spec.tags, opts.retire, opts.datastore.key)
-    changes += rotation.prune(glance, opts.datastore.key, opts.keep, current.id)
+    ds = opts.datastore
+    changes += rotation.retire_others(glance, current, ds, spec.tags, opts.retire)
+    changes += rotation.prune(glance, ds, opts.keep, current.id)
     _report(changes, glance, spec.tags, expect=current.id)
-    _register(opts, conn, spec.tags)
+    _register(opts, conn, spec.tags, how)
     return 0
 
 
@@ -236,20 +240,22 @@ def _report(
     print(f"Trove takes {taken.label()} for the tags {','.join(tags)}")
 
 
-def _register(opts: PublishOptions, conn: Any, tags: tuple[str, ...]) -> None:
+def _register(
+    opts: PublishOptions, conn: Any, tags: tuple[str, ...], how: tuple[str, Path | None]
+) -> None:
     manage = shutil.which("trove-manage")
     if opts.validation_rules is not None:
-        if not opts.validation_rules.is_file():
-            raise UsageError(f"--validation-rules {opts.validation_rules}: no such file")
         rules = str(opts.validation_rules)
     else:
         rules = rules_path(opts.datastore.manager, trove_package_of(manage) if manage else None)
     reg = Registration(opts.datastore, tags, opts.default, rules)
-    where = opts.register_with if opts.register else "print"
-    done, left = register(reg, conn, opts.trove_config, where)
+    done, left = register(reg, conn, *how)
     for line in done:
         print(line)
     if left:
-        print("to register the datastore version, run:")
+        said = "to register the datastore version" if how[0] == "print" else "then"
+        if opts.register and how[0] == "print":
+            said += " (no trove-manage here and no Trove in the cloud's catalog)"
+        print(f"{said}, run:")
         for command in left:
             print(f"  {command}")

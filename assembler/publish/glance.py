@@ -9,7 +9,7 @@ that set only our properties, and listings filtered by Glance itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,7 +87,16 @@ def connect(cloud: str | None) -> Any:
 
 class Glance:
     def __init__(self, conn: Any) -> None:
-        self.api = conn.image  # a keystoneauth adapter on the cloud's image endpoint
+        self.conn = conn
+        self._api: Any = None
+
+    @property
+    def api(self) -> Any:
+        """A keystoneauth adapter on the cloud's image endpoint, found (and its version
+        discovered) at the first call."""
+        if self._api is None:
+            self._api = _guarded("finding the image service", lambda: self.conn.image)
+        return self._api
 
     def _call(
         self,
@@ -97,17 +106,7 @@ class Glance:
         ok: tuple[int, ...] = (200,),
         **kwargs: Any,
     ) -> Any:
-        from keystoneauth1 import exceptions as ksa
-        from openstack import exceptions as sdk
-
-        try:
-            resp = self.api.request(url, method, raise_exc=False, **kwargs)
-        except (ksa.ConnectionError, ksa.EndpointNotFound, ksa.MissingAuthPlugin) as exc:
-            raise CloudError(f"Glance unreachable while {what}: {exc}") from None
-        except ksa.ClientException as exc:
-            raise CloudError(f"{what}: {exc}") from None
-        except sdk.SDKException as exc:
-            raise CloudError(f"{what}: {exc}") from None
+        resp = _guarded(what, lambda: self.api.request(url, method, raise_exc=False, **kwargs))
         if resp.status_code not in ok:
             raise CloudError(f"Glance refused {what}: {resp.status_code} {_reason(resp)}")
         return resp
@@ -179,6 +178,20 @@ class Glance:
     def reactivate(self, image_id: str) -> None:
         url = f"/images/{image_id}/actions/reactivate"
         self._call("POST", url, f"reactivating {image_id}", ok=(204,))
+
+
+def _guarded(what: str, call: Callable[[], Any]) -> Any:
+    """call(), its failures to reach or find the cloud as one CloudError line."""
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
+    unreachable = (ksa.ConnectionError, ksa.DiscoveryFailure, ksa.EndpointNotFound)
+    try:
+        return call()
+    except unreachable as exc:
+        raise CloudError(f"Glance unreachable while {what}: {exc}") from None
+    except (ksa.ClientException, sdk.SDKException) as exc:
+        raise CloudError(f"{what}: {exc}") from None
 
 
 def _reason(resp: Any) -> str:

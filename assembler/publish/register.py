@@ -122,25 +122,37 @@ def with_management_api(conn: Any, reg: Registration) -> list[str]:
     return [f"Trove: datastore version {ds.name} {ds.version} created"]
 
 
-def register(
-    reg: Registration, conn: Any, config: Path | None, where: str
-) -> tuple[list[str], list[str]]:
-    """(what was done, what is left for the operator to run). `where`: auto, trove-manage, api
-    or print."""
-    manage = shutil.which("trove-manage")
+def route(where: str, config: Path | None, conn: Any) -> tuple[str, Path | None]:
+    """How to register, checked before anything changes in the cloud: trove-manage (with its
+    trove.conf), api, or print. `where`: auto, trove-manage, api or print."""
+    if where == "print":
+        return "print", None
+    if config is not None and where == "auto":
+        where = "trove-manage"  # a trove.conf named: this is the controller
     config = config or (DEFAULT_TROVE_CONFIG if DEFAULT_TROVE_CONFIG.is_file() else None)
+    manage = shutil.which("trove-manage")
     if where == "trove-manage" or (where == "auto" and manage and config):
         if not manage:
-            raise UsageError("--register-with trove-manage: trove-manage is not on PATH")
+            raise UsageError("trove-manage is not on PATH (it runs on Trove's controller)")
         if config is None or not config.is_file():
             raise UsageError(f"--trove-config {config or DEFAULT_TROVE_CONFIG}: no such file")
         if not os.access(config, os.R_OK):
             raise UsageError(f"--trove-config {config}: not readable")
-        return with_trove_manage(reg, config), []
+        return "trove-manage", config
     if where == "api" or (where == "auto" and _has_trove_api(conn)):
-        done = with_management_api(conn, reg)
-        rules = openstack_commands(reg)[1:]
-        return done, rules
+        return "api", None
+    return "print", None
+
+
+def register(
+    reg: Registration, conn: Any, how: str, config: Path | None
+) -> tuple[list[str], list[str]]:
+    """(what was done, what is left for the operator to run)."""
+    if how == "trove-manage" and config is not None:
+        return with_trove_manage(reg, config), []
+    if how == "api":
+        # The management API has no call for the validation rules: trove-manage loads them.
+        return with_management_api(conn, reg), openstack_commands(reg)[1:]
     return [], openstack_commands(reg)
 
 

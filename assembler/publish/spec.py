@@ -18,12 +18,10 @@ from assembler.manifest import manifest_path, sha256_file
 # Trove's API takes at most 5 tags of at most 20 characters (its datastore version schema).
 MAX_TAGS = 5
 MAX_TAG_LENGTH = 20
-# What every image of ours carries, so that a publish finds its own images again (rotation,
-# rollback, a queued upload to remove) and nobody else's.
-PROP_DATASTORE = "trove_assembler_datastore"
+# What every image of ours carries: the build it is (and that a publish of ours made it, so a
+# queued upload left behind is ours to remove).
 PROP_MANIFEST = "trove_assembler_manifest_sha256"
 PROP_VERSION = "trove_assembler_version"
-PROP_TAGS = "trove_assembler_tags"
 # The libosinfo names Nova and Horizon know the distributions by.
 OS_DISTRO = {"ubuntu": "ubuntu", "debian": "debian"}
 FIRMWARE = ("bios", "uefi")
@@ -38,6 +36,25 @@ class Datastore:
     @property
     def key(self) -> str:
         return f"{self.name}:{self.version}"
+
+    # One guest image serves many datastore versions (the database is a container), so what a
+    # publish records is per version: whether the image is its current one or retired (a value
+    # Glance can filter on), the tags it has for it, and when, how and for what it was retired.
+    @property
+    def _slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", self.key.lower())
+
+    @property
+    def state_key(self) -> str:
+        return f"trove_assembler_state_{self._slug}"
+
+    @property
+    def tags_key(self) -> str:
+        return f"trove_assembler_tags_{self._slug}"
+
+    @property
+    def retired_key(self) -> str:
+        return f"trove_assembler_retired_{self._slug}"
 
 
 def parse_datastore(text: str, manager: str | None) -> Datastore:
@@ -146,8 +163,8 @@ def image_spec(image: Path, manifest: dict[str, Any], opts: SpecOptions) -> Imag
         "os_version": release.version,
         "hw_disk_bus": "virtio",
         "hw_firmware_type": firmware_type(list(manifest.get("firmware") or []), opts.firmware),
-        PROP_DATASTORE: opts.datastore.key,
-        PROP_TAGS: ",".join(tags),
+        opts.datastore.state_key: "current",
+        opts.datastore.tags_key: ",".join(tags),
         PROP_MANIFEST: sha256_file(manifest_path(image)),
         PROP_VERSION: __version__,
     }
