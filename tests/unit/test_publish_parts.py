@@ -20,7 +20,6 @@ from assembler.publish import register, rotation, signing
 from assembler.publish.glance import Image
 from assembler.publish.hashing import digests
 from assembler.publish.spec import (
-    PROP_DATASTORE,
     PROP_MANIFEST,
     SpecOptions,
     image_spec,
@@ -68,7 +67,8 @@ def test_the_image_as_the_original_document_registers_it(tmp_path: Path) -> None
     assert body["os_distro"] == "ubuntu" and body["os_version"] == "22.04"
     assert body["hw_disk_bus"] == "virtio"
     assert body["hw_firmware_type"] == "bios"  # hybrid: Nova's default unless asked
-    assert body[PROP_DATASTORE] == "mysql:8.4"
+    assert body["trove_assembler_state_mysql_8_4"] == "current"
+    assert body["trove_assembler_tags_mysql_8_4"] == "trove,mysql"
     assert body[PROP_MANIFEST] == hashlib.sha256(manifest_path(image).read_bytes()).hexdigest()
     assert all(isinstance(v, str) for k, v in body.items() if k != "tags")
 
@@ -180,14 +180,31 @@ def test_trove_takes_the_newest_active_image_with_every_tag() -> None:
 
 
 def test_keep_prunes_the_oldest_retirements() -> None:
-    at = rotation.PROP_RETIRED_AT
+    key = MYSQL.retired_key
     retired = [
-        image(f"r{i}", "2026-01-01T00:00:00Z", **{at: f"2026-01-0{i}T00:00:00"})
+        image(f"r{i}", "2026-01-01T00:00:00Z", **{key: f"2026-01-0{i}T00:00:00 untag x"})
         for i in range(1, 5)
     ]
-    assert [i.id for i in rotation.to_prune(retired, 2)] == ["r2", "r1"]
-    assert rotation.to_prune(retired, None) == []
-    assert rotation.to_prune(retired, 0) == sorted(retired, key=lambda i: i.id, reverse=True)
+    assert [i.id for i in rotation.to_prune(retired, MYSQL, 2)] == ["r2", "r1"]
+    assert rotation.to_prune(retired, MYSQL, None) == []
+    assert [i.id for i in rotation.to_prune(retired, MYSQL, 0)] == ["r4", "r3", "r2", "r1"]
+    # Another version's records are not this one's.
+    other = parse_datastore("postgresql:15", None)
+    assert rotation.to_prune(retired, other, 0) == []
+
+
+def test_an_image_current_for_another_version_keeps_that_version_s_tags() -> None:
+    pg = parse_datastore("postgresql:15", None)
+    shared = image(
+        "shared", "2026-01-01T00:00:00Z", ("trove", "mysql", "postgresql"),
+        **{MYSQL.state_key: "current", MYSQL.tags_key: "trove,mysql",
+           pg.state_key: "current", pg.tags_key: "trove,postgresql"},
+    )  # fmt: skip
+    assert rotation.needed_elsewhere(shared, MYSQL) == {"trove", "postgresql"}
+    retired_pg = image(
+        "r", "2026-01-01T00:00:00Z", **{pg.state_key: "retired", pg.tags_key: "trove"}
+    )
+    assert rotation.needed_elsewhere(retired_pg, MYSQL) == set()
 
 
 def test_registration_as_trove_manage_and_the_document_write_it() -> None:
