@@ -231,3 +231,28 @@ def test_registration_as_trove_manage_and_the_document_write_it() -> None:
     assert register.rules_path("mysql", None).endswith(
         "/trove/templates/mysql/validation-rules.json"
     )
+
+
+def test_what_glance_stored_is_compared_with_the_file() -> None:
+    from assembler.publish.command import _compare
+    from assembler.publish.hashing import Digests
+
+    local = Digests(10, "m" * 32, "s" * 64, "x" * 128, b"")
+    good = Image("i", "n", "active", (), "", 10, "m" * 32, "sha512", "x" * 128, "raw")
+    assert _compare(good, local) == ""
+    short = Image("i", "n", "active", (), "", 9, "m" * 32, "sha512", "y" * 128, "raw")
+    said = _compare(short, local)
+    assert "size 9 instead of 10" in said and "os_hash_value" in said
+    queued = Image("i", "n", "queued", (), "", None, None, None, None, "raw")
+    assert "status queued instead of active" in _compare(queued, local)
+
+
+def test_a_retirement_reads_back_as_written() -> None:
+    record = rotation.Retirement(
+        "2026-12-03T10:00:00.000001+00:00", rotation.Retire.DEACTIVATE, "img-2"
+    )
+    retired = image("old", "2026-01-01T00:00:00Z", **{MYSQL.retired_key: record.value()})
+    assert rotation.Retirement.of(retired, MYSQL) == record
+    assert rotation.Retirement.of(image("plain", ""), MYSQL) is None
+    garbled = image("g", "", **{MYSQL.retired_key: "yesterday maybe"})
+    assert rotation.Retirement.of(garbled, MYSQL) is None
