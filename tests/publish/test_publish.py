@@ -308,37 +308,23 @@ def test_a_signed_image_is_verified_by_glance(
 ) -> None:
     key, cert = self_signed(tmp_path)
     cert_id = glance.store_certificate(cert)
-    common = ("--datastore", "signed:1", "--os-cloud", glance_cloud)
-    ok = publish(
-        str(formats["qcow2"].image),
-        *common,
-        "--name",
-        "signed",
-        "--sign-key",
-        str(key),
-        "--sign-cert-uuid",
-        cert_id,
-    )
+
+    def signed(image: Path, name: str, key: Path) -> subprocess.CompletedProcess[str]:
+        ds = ("--datastore", "signed:1", "--os-cloud", glance_cloud, "--name", name)
+        return publish(str(image), *ds, "--sign-key", str(key), "--sign-cert-uuid", cert_id)
+
+    ok = signed(formats["qcow2"].image, "signed", key)
     assert ok.returncode == 0, ok.stderr
     (image,) = api.named("signed")
     assert image["status"] == "active"
     assert image["img_signature_certificate_uuid"] == cert_id
-    assert (
-        image["img_signature_key_type"] == "RSA-PSS"
-        and image["img_signature_hash_method"] == "SHA-256"
+    assert (image["img_signature_key_type"], image["img_signature_hash_method"]) == (
+        "RSA-PSS",
+        "SHA-256",
     )
     # A key that is not the certificate's: Glance refuses the data; nothing is left.
     other, _ = self_signed(tmp_path)
-    bad = publish(
-        str(formats["vhd"].image),
-        *common,
-        "--name",
-        "badly-signed",
-        "--sign-key",
-        str(other),
-        "--sign-cert-uuid",
-        cert_id,
-    )
+    bad = signed(formats["vhd"].image, "badly-signed", other)
     assert bad.returncode == 1
     assert "ignature" in one_error_line(bad)
     assert api.named("badly-signed") == []
