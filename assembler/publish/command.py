@@ -25,7 +25,7 @@ from assembler.publish import rotation
 from assembler.publish.glance import CloudError, Glance, Image, connect
 from assembler.publish.hashing import Digests, digests
 from assembler.publish.register import Registration, register, route, rules_path, trove_package_of
-from assembler.publish.rotation import Change, Retire
+from assembler.publish.rotation import Change, Retire, Retirement
 from assembler.publish.signing import load_key, signature_properties
 from assembler.publish.spec import (
     PROP_VERSION,
@@ -72,7 +72,7 @@ def publish(opts: PublishOptions) -> int:
     if opts.rollback:
         glance = Glance(connect(opts.cloud))
         changes = rotation.rollback(glance, opts.datastore, tags, opts.retire)
-        _report(changes, glance, tags)
+        _report(changes, glance, tags, expect=changes[0].image.id)
         return 0
     if opts.image is None:
         raise UsageError("publish needs an IMAGE (or --rollback)")
@@ -101,7 +101,7 @@ def publish(opts: PublishOptions) -> int:
     how = route(opts.register_with if opts.register else "print", opts.trove_config, conn)
     glance = Glance(conn)
     changes = sweep_unfinished(glance)
-    reused = find_same(glance, spec, local, opts.sign_cert_uuid)
+    reused = find_same(glance, spec, opts.datastore, local, opts.sign_cert_uuid)
     if reused is not None:
         changes.append(rotation.restore(glance, reused, opts.datastore, spec.tags))
         current = glance.get(reused.id)
@@ -151,12 +151,15 @@ def _abandoned(uploader: str, host: str, created_at: str) -> bool:
 
 
 def find_same(
-    glance: Glance, spec: ImageSpec, local: Digests, cert_uuid: str | None
+    glance: Glance, spec: ImageSpec, spec_ds: Datastore, local: Digests, cert_uuid: str | None
 ) -> Image | None:
     """An image Glance holds with these very bytes and disk format (signed with the same
     certificate, if a signature is asked for): the newest."""
     for image in glance.images(os_hash_value=local.sha512):
         if image.status not in ("active", "deactivated") or image.disk_format != spec.disk_format:
+            continue
+        # Deactivated by someone else, or for another version: not ours to bring back.
+        if image.status == "deactivated" and Retirement.of(image, spec_ds) is None:
             continue
         if image.os_hash_algo != "sha512" or image.size != local.size:
             continue
@@ -196,8 +199,9 @@ def upload(glance: Glance, spec: ImageSpec, props: dict[str, str], local: Digest
     body = {**spec.body(), **props, PROP_UPLOADER: f"{socket.gethostname()}:{os.getpid()}"}
     image = glance.create(body)
     log.info("created %s; uploading %s", image.label(), spec.path)
-    reader = _Reader(spec.path, local.size)
+    reader: _Reader | None = None
     try:
+        reader = _Reader(spec.path, local.size)
         glance.upload(image.id, reader)
         stored = glance.get(image.id)
         mismatch = _compare(stored, local)
@@ -211,7 +215,8 @@ def upload(glance: Glance, spec: ImageSpec, props: dict[str, str], local: Digest
             log.warning("%s is left in Glance (%s): the next publish removes it", image.id, exc)
         raise
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
 
 
 def _compare(stored: Image, local: Digests) -> str:

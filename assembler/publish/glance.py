@@ -9,7 +9,7 @@ that set only our properties, and listings filtered by Glance itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,24 +111,40 @@ class Glance:
             raise CloudError(f"Glance refused {what}: {resp.status_code} {_reason(resp)}")
         return resp
 
-    def images(self, **filters: str | list[str]) -> Iterator[Image]:
-        """Every image the filters select (Glance filters: tag is ANDed when repeated), newest
-        first, page after page."""
+    def images(self, **filters: str | list[str]) -> list[Image]:
+        """Every image the filters select (tag is ANDed when repeated), newest first; read
+        whole before anyone changes them. Paged with our own parameters and a marker: Glance's
+        `next` link keeps only the last of repeated `tag` parameters."""
         params: dict[str, Any] = {"sort": "created_at:desc", "limit": 100, **filters}
-        url = "/images"
-        while url:
-            doc = self._call("GET", url, "listing images", params=params).json()
-            yield from (Image.from_json(d) for d in doc.get("images", ()))
-            url, params = doc.get("next") or "", {}
-            # `next` is the whole path from the version root: /v2/images?marker=...
-            url = url.removeprefix("/v2")
+        found: list[Image] = []
+        while True:
+            page = [
+                Image.from_json(d)
+                for d in self._json("GET", "/images", "listing images", params=params).get(
+                    "images", ()
+                )
+            ]
+            found += page
+            if len(page) < params["limit"]:
+                return found
+            params = {**params, "marker": page[-1].id}
+
+    def _json(self, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        resp = self._call(method, url, what, **kwargs)
+        try:
+            doc = resp.json()
+        except ValueError:
+            raise CloudError(f"{what}: the answer is not JSON ({resp.text[:100]!r})") from None
+        if not isinstance(doc, dict):
+            raise CloudError(f"{what}: an unexpected answer ({str(doc)[:100]})")
+        return doc
 
     def get(self, image_id: str) -> Image:
-        return Image.from_json(self._call("GET", f"/images/{image_id}", "reading the image").json())
+        return Image.from_json(self._json("GET", f"/images/{image_id}", "reading the image"))
 
     def create(self, body: dict[str, Any]) -> Image:
-        resp = self._call("POST", "/images", "creating the image", ok=(201,), json=body)
-        return Image.from_json(resp.json())
+        doc = self._json("POST", "/images", "creating the image", ok=(201,), json=body)
+        return Image.from_json(doc)
 
     def upload(self, image_id: str, data: Readable) -> None:
         self._call(
@@ -188,6 +204,10 @@ def _guarded(what: str, call: Callable[[], Any]) -> Any:
     unreachable = (ksa.ConnectionError, ksa.DiscoveryFailure, ksa.EndpointNotFound)
     try:
         return call()
+    except (ksa.MissingAuthPlugin, ksa.auth_plugins.MissingRequiredOptions) as exc:
+        raise UsageError(
+            f"no cloud to publish to ({exc}): give --os-cloud or OS_* variables"
+        ) from None
     except unreachable as exc:
         raise CloudError(f"Glance unreachable while {what}: {exc}") from None
     except (ksa.ClientException, sdk.SDKException) as exc:

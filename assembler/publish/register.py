@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assembler.errors import UsageError
+from assembler.errors import CommandError, UsageError
 from assembler.publish.glance import CloudError
 from assembler.publish.spec import Datastore
 from assembler.run import run
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TROVE_CONFIG = Path("/etc/trove/trove.conf")
 # trove-manage prints these and still exits 0 (its handlers catch and print them).
 TROVE_MANAGE_FAILURES = re.compile(
-    r"not found|could not be found|does not exist|error|Traceback", re.IGNORECASE
+    r"cannot be found|not found|does not exist|error|Traceback", re.IGNORECASE
 )
 
 
@@ -43,23 +43,33 @@ def rules_path(manager: str, trove_package: Path | None) -> str:
     return str(trove_package / "templates" / manager / "validation-rules.json")
 
 
-def trove_manage_argvs(reg: Registration, config: Path | None) -> list[list[str]]:
-    """The trove-manage calls, in order: the datastore, its version with the image tags and no
-    image id (so Trove looks the image up by tags), the default version, the rules."""
+@dataclass(frozen=True)
+class TroveManage:
+    """The trove-manage calls for a version: the version with its image tags and no image id
+    (so Trove looks the image up by tags), the datastore itself (only when it is new: given
+    "" as default, trove-manage clears an existing datastore's default), the default, the
+    rules."""
+
+    version: list[str]
+    datastore: list[str]
+    default: list[str] | None
+    rules: list[str]
+
+
+def trove_manage_calls(reg: Registration) -> TroveManage:
     ds = reg.datastore
-    head = ["trove-manage", *(["--config-file", str(config)] if config else [])]
-    argvs = [
-        [*head, "datastore_update", ds.name, ""],
-        [
-            *head, "datastore_version_update", ds.name, ds.version, ds.manager, "", "", "1",
+    return TroveManage(
+        version=[
+            "datastore_version_update", ds.name, ds.version, ds.manager, "", "", "1",
             "--image-tags", ",".join(reg.tags), "--version", ds.version,
         ],
-    ]  # fmt: skip
-    if reg.default:
-        argvs.append([*head, "datastore_update", ds.name, ds.version])
-    rules = [*head, "db_load_datastore_config_parameters", ds.name, ds.version, reg.rules]
-    argvs.append([*rules, "--version", ds.version])
-    return argvs
+        datastore=["datastore_update", ds.name, ""],
+        default=["datastore_update", ds.name, ds.version] if reg.default else None,
+        rules=[
+            "db_load_datastore_config_parameters", ds.name, ds.version, reg.rules,
+            "--version", ds.version,
+        ],
+    )  # fmt: skip
 
 
 def openstack_commands(reg: Registration) -> list[str]:
@@ -84,42 +94,80 @@ def trove_package_of(trove_manage: str) -> Path | None:
     code = "import os, trove; print(os.path.dirname(trove.__file__))"
     try:
         out = run([*python, "-c", code]).strip()
-    except Exception:  # not a Python we can ask: the operator gives --validation-rules
+    except (CommandError, OSError):  # not a Python we can ask: --validation-rules then
         return None
     return Path(out) if out else None
 
 
 def with_trove_manage(reg: Registration, config: Path) -> list[str]:
-    """Run the calls on this controller; trove-manage's exit code says nothing, its words do."""
-    lines = []
-    for argv in trove_manage_argvs(reg, config):
-        out = run(argv)  # its findings go to stdout, its log to stderr
-        said = " ".join(out.split())
-        if TROVE_MANAGE_FAILURES.search(said):
-            raise CloudError(f"{shlex.join(argv[1:])}: {said[-300:]}")
-        lines.append(f"trove-manage {argv[3]}: {said[-200:] or 'done'}")
+    """Run the calls on this controller; trove-manage's exit code says little, its words do."""
+    calls = trove_manage_calls(reg)
+    lines: list[str] = []
+
+    def call(args: list[str], expect: str | None = None) -> str:
+        argv = ["trove-manage", "--config-file", str(config), *args]
+        said = " ".join(run(argv).split())  # its findings go to stdout, its log to stderr
+        if expect is not None and (expect not in said or TROVE_MANAGE_FAILURES.search(said)):
+            raise CloudError(f"{shlex.join(argv[3:])}: {said[-300:] or 'no output'}")
+        lines.append(f"trove-manage {args[0]}: {said[-200:] or 'done'}")
+        return said
+
+    said = call(calls.version)
+    if "cannot be found" in said:  # a new datastore: made first, with no default yet
+        call(calls.datastore, expect="updated")
+        said = call(calls.version, expect="updated")
+    elif "updated" not in said:
+        raise CloudError(f"trove-manage {calls.version[0]}: {said[-300:] or 'no output'}")
+    if calls.default is not None:
+        call(calls.default, expect="updated")
+    call(calls.rules, expect="Loading config parameters")
     return lines
 
 
 def with_management_api(conn: Any, reg: Registration) -> list[str]:
-    """Create or update the version through Trove's management API (admin only)."""
+    """Create the version through Trove's management API (admin only), or update it if it
+    exists. Not run by the tests: no Trove API can run here (see the README)."""
     ds = reg.datastore
+    fields = {"image_tags": list(reg.tags), "active": True, "default": reg.default}
     body = {
         "version": {
             "name": ds.version, "datastore_name": ds.name, "datastore_manager": ds.manager,
-            "image_tags": list(reg.tags), "packages": [], "active": True,
-            "default": reg.default, "version": ds.version,
+            "packages": [], "version": ds.version, **fields,
         }
     }  # fmt: skip
+    resp = _trove(conn, "post", "/mgmt/datastore-versions", json=body)
+    if resp.status_code in (200, 202):
+        return [f"Trove: datastore version {ds.name} {ds.version} created"]
+    if resp.status_code != 409:
+        raise CloudError(f"Trove refused the datastore version: {_said(resp)}")
+    listed = _trove(conn, "get", "/mgmt/datastore-versions")
+    if listed.status_code != 200:
+        raise CloudError(f"Trove refused listing datastore versions: {_said(listed)}")
+    ids = [
+        v["id"]
+        for v in listed.json().get("versions", [])
+        if v.get("datastore_name") == ds.name and v.get("name") == ds.version
+    ]
+    if len(ids) != 1:
+        raise CloudError(f"Trove says {ds.key} exists but lists {len(ids)} such versions")
+    patched = _trove(conn, "patch", f"/mgmt/datastore-versions/{ids[0]}", json=fields)
+    if patched.status_code not in (200, 202):
+        raise CloudError(f"Trove refused updating the datastore version: {_said(patched)}")
+    return [f"Trove: datastore version {ds.name} {ds.version} updated"]
+
+
+def _trove(conn: Any, method: str, url: str, **kwargs: Any) -> Any:
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
     try:
-        resp = conn.database.post("/mgmt/datastore-versions", json=body, raise_exc=False)
-    except Exception as exc:
+        return getattr(conn.database, method)(url, raise_exc=False, **kwargs)
+    except (ksa.ClientException, sdk.SDKException) as exc:
         raise CloudError(f"Trove's management API: {exc}") from None
-    if resp.status_code not in (200, 202):
-        raise CloudError(
-            f"Trove refused the datastore version: {resp.status_code} {resp.text[:200]}"
-        )
-    return [f"Trove: datastore version {ds.name} {ds.version} created"]
+
+
+def _said(resp: Any) -> str:
+    return f"{resp.status_code} {' '.join(resp.text.split())[:200]}"
 
 
 def route(where: str, config: Path | None, conn: Any) -> tuple[str, Path | None]:
@@ -158,7 +206,10 @@ def register(
 
 def _has_trove_api(conn: Any) -> bool:
     """Whether the cloud's catalog lists Trove (the database service)."""
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
     try:
         return bool(conn.endpoint_for("database"))
-    except Exception:  # no catalog (no Keystone), or no such service
+    except (ksa.ClientException, sdk.SDKException, KeyError):  # no catalog, or no Trove in it
         return False

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from assembler.errors import UsageError
 from assembler.publish.glance import CloudError, Glance, Image
 from assembler.publish.spec import Datastore
 
@@ -40,21 +41,24 @@ class Change:
 
 @dataclass(frozen=True)
 class Retirement:
-    """What `trove_assembler_retired_<version>` holds: when, how, for which image."""
+    """What `trove_assembler_retired_<version>` holds: when, how, for which image, and whether
+    a rollback retired it (a rollback's target is what a publish retired, so that rollbacks
+    walk back through the publishes instead of undoing each other)."""
 
     at: str
     how: Retire
     by: str
+    rollback: bool = False
 
     def value(self) -> str:
-        return f"{self.at} {self.how} {self.by}"
+        return f"{self.at} {self.how} {self.by}" + (" rollback" if self.rollback else "")
 
     @classmethod
     def of(cls, image: Image, ds: Datastore) -> Retirement | None:
         parts = image.properties.get(ds.retired_key, "").split()
-        if len(parts) != 3 or parts[1] not in tuple(Retire):
+        if len(parts) not in (3, 4) or parts[1] not in tuple(Retire):
             return None
-        return cls(parts[0], Retire(parts[1]), parts[2])
+        return cls(parts[0], Retire(parts[1]), parts[2], parts[3:] == ["rollback"])
 
 
 def now() -> str:
@@ -67,13 +71,25 @@ def chosen(images: Iterable[Image], tags: tuple[str, ...]) -> Image | None:
     return max(eligible, key=lambda i: i.created_at, default=None)
 
 
+def _versions(image: Image, ds: Datastore) -> dict[str, str]:
+    """The other versions recorded on image: their slug, and current or retired."""
+    return {
+        key.removeprefix(STATE_PREFIX): value
+        for key, value in image.properties.items()
+        if key.startswith(STATE_PREFIX) and key != ds.state_key
+    }
+
+
+def _tags_recorded(image: Image, slug: str) -> set[str]:
+    return {t for t in image.properties.get(TAGS_PREFIX + slug, "").split(",") if t}
+
+
 def needed_elsewhere(image: Image, ds: Datastore) -> set[str]:
     """The tags image carries for the other versions it is the current image of."""
     needed: set[str] = set()
-    for key, value in image.properties.items():
-        if key.startswith(STATE_PREFIX) and key != ds.state_key and value == "current":
-            tags_key = TAGS_PREFIX + key.removeprefix(STATE_PREFIX)
-            needed |= {t for t in image.properties.get(tags_key, "").split(",") if t}
+    for slug, state in _versions(image, ds).items():
+        if state == "current":
+            needed |= _tags_recorded(image, slug)
     return needed
 
 
@@ -86,7 +102,13 @@ def to_prune(retired: Iterable[Image], ds: Datastore, keep: int | None) -> list[
 
 
 def retire(
-    glance: Glance, image: Image, ds: Datastore, tags: tuple[str, ...], how: Retire, by: str
+    glance: Glance,
+    image: Image,
+    ds: Datastore,
+    tags: tuple[str, ...],
+    how: Retire,
+    by: str,
+    rollback: bool = False,
 ) -> Change:
     """Take image out of Trove's choice for the version's tags; note on it how, for a rollback.
     An image uploaded by hand becomes one to roll back to as well."""
@@ -95,12 +117,19 @@ def retire(
     also = ""
     if how is Retire.DEACTIVATE and keep:
         how, also = Retire.UNTAG, " (not deactivated: another version's current image)"
+    siblings = [
+        slug for slug, state in _versions(image, ds).items()
+        if state == "current" and _tags_recorded(image, slug) <= set(tags)
+    ]  # fmt: skip
+    if siblings:
+        # Trove finds those versions' image by a subset of these tags: it moves with this one.
+        also += f"; warning: {', '.join(siblings)} find images by the same tags (give --tag)"
     glance.set_properties(
         image,
         {
             ds.state_key: "retired",
             ds.tags_key: image.properties.get(ds.tags_key) or ",".join(had),
-            ds.retired_key: Retirement(now(), how, by).value(),
+            ds.retired_key: Retirement(now(), how, by, rollback).value(),
         },
     )
     if how is Retire.DEACTIVATE:
@@ -118,6 +147,17 @@ def restore(glance: Glance, image: Image, ds: Datastore, tags: tuple[str, ...]) 
     if image.status == "deactivated":
         glance.reactivate(image.id)
         done.append("reactivated")
+        # Versions that retired it by deactivating left their tags on: active again, it would
+        # be theirs again too. Their tags come off; their records say untag from now on.
+        keep = needed_elsewhere(image, ds) | set(tags)
+        for slug, state in _versions(image, ds).items():
+            record = image.properties.get(f"trove_assembler_retired_{slug}", "").split()
+            if state == "retired" and len(record) >= 3 and record[1] == Retire.DEACTIVATE:
+                for tag in _tags_recorded(image, slug) - keep:
+                    glance.remove_tag(image.id, tag)
+                record[1] = str(Retire.UNTAG)
+                glance.set_properties(image, {f"trove_assembler_retired_{slug}": " ".join(record)})
+                done.append(f"untagged for {slug}")
     missing = [t for t in tags if t not in image.tags]
     for tag in missing:
         glance.add_tag(image.id, tag)
@@ -133,7 +173,11 @@ def retire_others(
     glance: Glance, keep: Image, ds: Datastore, tags: tuple[str, ...], how: Retire
 ) -> list[Change]:
     """Every other active image carrying all tags is retired, so that Trove takes `keep`."""
-    carriers = [i for i in glance.images(tag=list(tags), status="active") if i.id != keep.id]
+    carriers = [
+        i
+        for i in glance.images(tag=list(tags), status="active")
+        if i.id != keep.id and set(tags) <= set(i.tags)
+    ]
     return [retire(glance, image, ds, tags, how, by=keep.id) for image in carriers]
 
 
@@ -143,10 +187,10 @@ def prune(glance: Glance, ds: Datastore, keep: int | None, current: str) -> list
     retired = [i for i in glance.images(**{ds.state_key: "retired"}) if i.id != current]
     changes = []
     for image in to_prune(retired, ds, keep):
-        if needed_elsewhere(image, ds):
+        if _versions(image, ds):
             drop = {ds.state_key: None, ds.tags_key: None, ds.retired_key: None}
             glance.set_properties(image, dict(drop))
-            changes.append(Change("forgot", image, "still another version's current image"))
+            changes.append(Change("forgot", image, "kept: another version's image as well"))
             continue
         glance.delete(image.id)
         at = image.properties[ds.retired_key].split()[0]
@@ -155,18 +199,33 @@ def prune(glance: Glance, ds: Datastore, keep: int | None, current: str) -> list
 
 
 def rollback(glance: Glance, ds: Datastore, tags: tuple[str, ...], how: Retire) -> list[Change]:
-    """Trove takes the image retired last again; the one it takes now is retired."""
-    current = chosen(glance.images(tag=list(tags), status="active"), tags)
+    """Trove takes the image a publish retired last again; every image it could take now is
+    retired (as by a rollback, so that the next rollback goes one further back)."""
+    carriers = [
+        i for i in glance.images(tag=list(tags), status="active") if set(tags) <= set(i.tags)
+    ]
+    current = chosen(carriers, tags)
     retired = [
         (r.at, i)
         for i in glance.images(**{ds.state_key: "retired"})
-        if (r := Retirement.of(i, ds)) is not None and (current is None or i.id != current.id)
+        if (r := Retirement.of(i, ds)) is not None
+        and not r.rollback
+        and (current is None or i.id != current.id)
     ]
     if not retired:
-        raise CloudError(f"nothing to roll back to: no retired image of {ds.key} in Glance")
+        raise CloudError(f"nothing to roll back to: no image of {ds.key} retired by a publish")
     _, previous = max(retired, key=lambda p: p[0])
+    recorded = _tags_recorded(previous, ds.state_key.removeprefix(STATE_PREFIX))
+    if recorded and recorded != set(tags):
+        raise UsageError(
+            f"{ds.key} was published with the tags {','.join(sorted(recorded))}: give the "
+            "same --tag options to roll it back"
+        )
     # The previous one first: Trove finds an image all along, never none.
     changes = [restore(glance, previous, ds, tags)]
-    if current is not None:
-        changes.append(retire(glance, current, ds, tags, how, by=previous.id))
+    changes += [
+        retire(glance, image, ds, tags, how, by=previous.id, rollback=True)
+        for image in carriers
+        if image.id != previous.id
+    ]
     return changes

@@ -9,6 +9,7 @@ here), and Keystone's part is played by the test Glance's identity middleware.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -142,8 +143,16 @@ def test_every_format_we_write_is_accepted_by_glance(
     assert f"uploaded {image['id']}" in proc.stdout
     assert f"Trove takes {image['id']}" in proc.stdout
     # What Glance stored is what was built.
-    stored = glance_file(api.glance, image["id"])
-    assert stored.stat().st_size == built.image.stat().st_size
+    assert image["os_hash_value"] == sha512(built.image)
+    assert sha512(glance_file(api.glance, image["id"])) == image["os_hash_value"]
+
+
+def sha512(path: Path) -> str:
+    digest = hashlib.sha512()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def glance_file(glance: Glance, image_id: str) -> Path:
@@ -227,14 +236,24 @@ def test_publish_rotate_reuse_and_roll_back_as_trove_sees_it(
     # Not asked to register: the commands are printed.
     assert "openstack datastore version create 15 postgresql postgresql ''" in second.stdout
 
-    # The same bytes again: reused, not uploaded twice.
+    # The same bytes again, registered again without --default: reused, not uploaded twice;
+    # the version is updated and stays the datastore's default.
     before = len(cloud.api.images())
-    again = cloud.publish(str(formats["qcow2"].image), *pg)
+    again = cloud.publish(
+        str(formats["qcow2"].image), *pg, "--register", "--trove-config", str(trove_db)
+    )
     assert again.returncode == 0, again.stderr
+    assert trove_rows(
+        trove_db, "select default_version_id from datastores where name='postgresql'"
+    ) == [(version[0],)]
     assert f"reused {second_id}" in again.stdout and "uploaded" not in again.stdout
     assert len(cloud.api.images()) == before
     assert trove_takes(cloud.glance, tags) == second_id
 
+    # A rollback must name the tags the version was published with.
+    untagged = cloud.publish("--rollback", "--datastore", "postgresql:15")
+    assert untagged.returncode == 2 and "--tag" in one_error_line(untagged)
+    assert trove_takes(cloud.glance, tags) == second_id
     # Rolled back from what Glance holds alone: no local state is read.
     back = publish(
         "--rollback",
@@ -244,6 +263,10 @@ def test_publish_rotate_reuse_and_roll_back_as_trove_sees_it(
     )
     assert back.returncode == 0, back.stderr
     assert f"restored {first_id}" in back.stdout and f"untagged {second_id}" in back.stdout
+    assert trove_takes(cloud.glance, tags) == first_id
+    # Rollbacks walk back through publishes, never undo each other: nothing is older here.
+    again_back = cloud.publish("--rollback", *pg)
+    assert again_back.returncode == 1 and "nothing to roll back to" in one_error_line(again_back)
     assert trove_takes(cloud.glance, tags) == first_id
     # And forward again: publishing the second restores it and retires the first.
     forward = cloud.publish(str(formats["qcow2"].image), *pg)
@@ -256,6 +279,7 @@ def test_one_image_for_two_datastores_retired_for_one_only(
 ) -> None:
     pg, maria = ("--datastore", "postgresql:15"), ("--datastore", "mariadb:10.11")
     first = cloud.publish(str(formats["vmdk"].image), *pg)
+    assert first.returncode == 0, first.stderr
     shared = image_id_of(first.stdout, "uploaded")
     both = cloud.publish(str(formats["vmdk"].image), *maria)
     assert both.returncode == 0, both.stderr

@@ -84,8 +84,9 @@ def test_a_dev_image_of_debian_is_named_so(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", list(ImageFormat))
 def test_each_format_gets_glance_s_disk_format(tmp_path: Path, fmt: ImageFormat) -> None:
     spec = spec_of(built(tmp_path, str(fmt)))
-    assert spec.disk_format == FORMATS[fmt].glance_disk_format
-    assert spec.disk_format == {"vhd": "vhd"}.get(str(fmt), str(fmt))  # qemu-img's vpc is vhd
+    glance_calls_it = {"qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk", "vhd": "vhd", "vhdx": "vhdx"}
+    assert spec.disk_format == glance_calls_it[str(fmt)]
+    assert FORMATS[ImageFormat.VHD].qemu_driver == "vpc"  # what qemu-img calls Glance's vhd
 
 
 def test_firmware_from_the_manifest(tmp_path: Path) -> None:
@@ -209,16 +210,19 @@ def test_an_image_current_for_another_version_keeps_that_version_s_tags() -> Non
 
 def test_registration_as_trove_manage_and_the_document_write_it() -> None:
     reg = register.Registration(MYSQL, ("trove", "mysql"), True, "/r/validation-rules.json")
-    argvs = register.trove_manage_argvs(reg, Path("/etc/trove/trove.conf"))
-    assert [a[3] for a in argvs] == [
-        "datastore_update", "datastore_version_update", "datastore_update",
-        "db_load_datastore_config_parameters",
+    calls = register.trove_manage_calls(reg)
+    assert calls.version == [
+        "datastore_version_update", "mysql", "8.4", "mysql", "", "", "1",
+        "--image-tags", "trove,mysql", "--version", "8.4",
     ]  # fmt: skip
-    assert argvs[1][4:] == [
-        "mysql", "8.4", "mysql", "", "", "1", "--image-tags", "trove,mysql", "--version", "8.4"
+    assert calls.datastore == ["datastore_update", "mysql", ""]  # only for a new datastore
+    assert calls.default == ["datastore_update", "mysql", "8.4"]  # --default
+    assert calls.rules == [
+        "db_load_datastore_config_parameters", "mysql", "8.4", "/r/validation-rules.json",
+        "--version", "8.4",
     ]  # fmt: skip
-    assert argvs[2][4:] == ["mysql", "8.4"]  # --default
-    assert argvs[3][4:] == ["mysql", "8.4", "/r/validation-rules.json", "--version", "8.4"]
+    no_default = register.Registration(MYSQL, ("trove", "mysql"), False, "/r/v.json")
+    assert register.trove_manage_calls(no_default).default is None
     create, rules = register.openstack_commands(reg)
     assert create == (
         "openstack datastore version create 8.4 mysql mysql '' --image-tags trove,mysql "
