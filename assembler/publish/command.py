@@ -159,7 +159,7 @@ def find_same(
         if image.status not in ("active", "deactivated") or image.disk_format != spec.disk_format:
             continue
         # Deactivated by someone else, or for another version: not ours to bring back.
-        if image.status == "deactivated" and Retirement.of(image, spec_ds) is None:
+        if image.status == "deactivated" and Retirement.of(image, spec_ds.slug) is None:
             continue
         if image.os_hash_algo != "sha512" or image.size != local.size:
             continue

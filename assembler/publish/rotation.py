@@ -11,6 +11,7 @@ containers on the same guest): retiring it for one never takes it from another.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,10 +19,7 @@ from enum import StrEnum
 
 from assembler.errors import UsageError
 from assembler.publish.glance import CloudError, Glance, Image
-from assembler.publish.spec import Datastore
-
-STATE_PREFIX = "trove_assembler_state_"
-TAGS_PREFIX = "trove_assembler_tags_"
+from assembler.publish.spec import RETIRED_PREFIX, STATE_PREFIX, TAGS_PREFIX, Datastore
 
 
 class Retire(StrEnum):
@@ -54,8 +52,9 @@ class Retirement:
         return f"{self.at} {self.how} {self.by}" + (" rollback" if self.rollback else "")
 
     @classmethod
-    def of(cls, image: Image, ds: Datastore) -> Retirement | None:
-        parts = image.properties.get(ds.retired_key, "").split()
+    def of(cls, image: Image, slug: str) -> Retirement | None:
+        """The record of the version `slug` (a Datastore's) on image, if any."""
+        parts = image.properties.get(RETIRED_PREFIX + slug, "").split()
         if len(parts) not in (3, 4) or parts[1] not in tuple(Retire):
             return None
         return cls(parts[0], Retire(parts[1]), parts[2], parts[3:] == ["rollback"])
@@ -97,7 +96,7 @@ def to_prune(retired: Iterable[Image], ds: Datastore, keep: int | None) -> list[
     """Retired images beyond the newest `keep` retirements (None: keep all)."""
     if keep is None:
         return []
-    dated = [(r.at, i) for i in retired if (r := Retirement.of(i, ds)) is not None]
+    dated = [(r.at, i) for i in retired if (r := Retirement.of(i, ds.slug)) is not None]
     return [i for _, i in sorted(dated, key=lambda p: p[0], reverse=True)][keep:]
 
 
@@ -151,12 +150,12 @@ def restore(glance: Glance, image: Image, ds: Datastore, tags: tuple[str, ...]) 
         # be theirs again too. Their tags come off; their records say untag from now on.
         keep = needed_elsewhere(image, ds) | set(tags)
         for slug, state in _versions(image, ds).items():
-            record = image.properties.get(f"trove_assembler_retired_{slug}", "").split()
-            if state == "retired" and len(record) >= 3 and record[1] == Retire.DEACTIVATE:
+            record = Retirement.of(image, slug)
+            if state == "retired" and record is not None and record.how is Retire.DEACTIVATE:
                 for tag in _tags_recorded(image, slug) - keep:
                     glance.remove_tag(image.id, tag)
-                record[1] = str(Retire.UNTAG)
-                glance.set_properties(image, {f"trove_assembler_retired_{slug}": " ".join(record)})
+                untagged = dataclasses.replace(record, how=Retire.UNTAG)
+                glance.set_properties(image, {RETIRED_PREFIX + slug: untagged.value()})
                 done.append(f"untagged for {slug}")
     missing = [t for t in tags if t not in image.tags]
     for tag in missing:
@@ -208,14 +207,14 @@ def rollback(glance: Glance, ds: Datastore, tags: tuple[str, ...], how: Retire) 
     retired = [
         (r.at, i)
         for i in glance.images(**{ds.state_key: "retired"})
-        if (r := Retirement.of(i, ds)) is not None
+        if (r := Retirement.of(i, ds.slug)) is not None
         and not r.rollback
         and (current is None or i.id != current.id)
     ]
     if not retired:
         raise CloudError(f"nothing to roll back to: no image of {ds.key} retired by a publish")
     _, previous = max(retired, key=lambda p: p[0])
-    recorded = _tags_recorded(previous, ds.state_key.removeprefix(STATE_PREFIX))
+    recorded = _tags_recorded(previous, ds.slug)
     if recorded and recorded != set(tags):
         raise UsageError(
             f"{ds.key} was published with the tags {','.join(sorted(recorded))}: give the "

@@ -22,6 +22,10 @@ MAX_TAG_LENGTH = 20
 # queued upload left behind is ours to remove).
 PROP_MANIFEST = "trove_assembler_manifest_sha256"
 PROP_VERSION = "trove_assembler_version"
+# Per datastore version (Datastore.slug follows): current or retired, its tags, its retirement.
+STATE_PREFIX = "trove_assembler_state_"
+TAGS_PREFIX = "trove_assembler_tags_"
+RETIRED_PREFIX = "trove_assembler_retired_"
 # The libosinfo names Nova and Horizon know the distributions by.
 OS_DISTRO = {"ubuntu": "ubuntu", "debian": "debian"}
 FIRMWARE = ("bios", "uefi")
@@ -41,20 +45,20 @@ class Datastore:
     # publish records is per version: whether the image is its current one or retired (a value
     # Glance can filter on), the tags it has for it, and when, how and for what it was retired.
     @property
-    def _slug(self) -> str:
+    def slug(self) -> str:
         return re.sub(r"[^a-z0-9]+", "_", self.key.lower())
 
     @property
     def state_key(self) -> str:
-        return f"trove_assembler_state_{self._slug}"
+        return STATE_PREFIX + self.slug
 
     @property
     def tags_key(self) -> str:
-        return f"trove_assembler_tags_{self._slug}"
+        return TAGS_PREFIX + self.slug
 
     @property
     def retired_key(self) -> str:
-        return f"trove_assembler_retired_{self._slug}"
+        return RETIRED_PREFIX + self.slug
 
 
 def parse_datastore(text: str, manager: str | None) -> Datastore:

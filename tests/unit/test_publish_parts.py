@@ -256,7 +256,7 @@ def test_a_retirement_reads_back_as_written() -> None:
         "2026-12-03T10:00:00.000001+00:00", rotation.Retire.DEACTIVATE, "img-2"
     )
     retired = image("old", "2026-01-01T00:00:00Z", **{MYSQL.retired_key: record.value()})
-    assert rotation.Retirement.of(retired, MYSQL) == record
-    assert rotation.Retirement.of(image("plain", ""), MYSQL) is None
+    assert rotation.Retirement.of(retired, MYSQL.slug) == record
+    assert rotation.Retirement.of(image("plain", ""), MYSQL.slug) is None
     garbled = image("g", "", **{MYSQL.retired_key: "yesterday maybe"})
-    assert rotation.Retirement.of(garbled, MYSQL) is None
+    assert rotation.Retirement.of(garbled, MYSQL.slug) is None
