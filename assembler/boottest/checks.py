@@ -213,7 +213,9 @@ def _agent(f: dict[str, Any], e: Expectations) -> Verdict:
 
 def _agent_log(f: dict[str, Any], e: Expectations) -> Verdict:
     log = f.get("agent", {}).get("log", {})
-    if not log.get("exists") or not log.get("size"):
+    if log.get("exists") and not log.get("size"):
+        return False, f"{AGENT_LOG} is empty: the agent opened it but never wrote to it"
+    if not log.get("exists"):
         elsewhere = [p for p in f.get("agent", {}).get("open_logs", []) if p != AGENT_LOG]
         where = f"; it logs to {', '.join(elsewhere)}" if elsewhere else ""
         return False, f"no {AGENT_LOG} (where logrotate expects it){where}"

@@ -260,6 +260,13 @@ def docker_image(ref: str) -> dict[str, Any]:
     }
 
 
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def agent_facts(ready: bool = True, datastore_image: str | None = None) -> dict[str, Any]:
     """Wait (bounded) for the agent to start and write its log, then describe its surroundings.
 
@@ -271,7 +278,9 @@ def agent_facts(ready: bool = True, datastore_image: str | None = None) -> dict[
         heartbeat("agent")
         state = unit_state("guest-agent.service")
         active = state.get("ActiveState") == "active"
-        if active and os.path.exists(AGENT_LOG):
+        # Python's FileHandler creates the file at start and writes its first line later: an
+        # empty file is not yet a verdict (a run failed on exactly that gap).
+        if active and _size(AGENT_LOG) > 0:
             break
         # Disabled, given up on, failing before it could log, or logging somewhere else:
         # waiting longer will not change the verdict.
@@ -282,15 +291,12 @@ def agent_facts(ready: bool = True, datastore_image: str | None = None) -> dict[
         if state.get("Result") not in ("success", None) and int(state.get("NRestarts", "0")) > 2:
             break
         logs = open_logs("guest-agent.service") if active else []
-        if logs:
+        if [p for p in logs if p != AGENT_LOG]:
             break
         time.sleep(3)
     log = stat_file(AGENT_LOG)
     log.pop("sha256", None)
-    try:
-        log["size"] = os.path.getsize(AGENT_LOG)
-    except OSError:
-        log["size"] = 0
+    log["size"] = _size(AGENT_LOG)
     return {
         "unit": unit_state("guest-agent.service"),
         "enabled": cmd("systemctl", "is-enabled", "guest-agent.service")["out"].strip(),

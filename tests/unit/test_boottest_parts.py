@@ -370,6 +370,13 @@ def test_no_facts_fails_datasource_with_the_console_evidence() -> None:
         ),
         ("agent.log", {"exists": False}, "agent-log", "trove-guestagent.log", set()),
         (
+            "agent.log",
+            {"exists": True, "owner": "ubuntu", "size": 0},
+            "agent-log",
+            "is empty: the agent opened it but never wrote",
+            set(),
+        ),
+        (
             "agent.image_loader",
             {"ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "1"},
             "image-loader",
