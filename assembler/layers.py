@@ -5,12 +5,18 @@ through a backing chain and builds only from there.
 On disk, under $XDG_CACHE_HOME/trove-image-assembler/layers:
   <key>.json               the current entry for a key (written last, atomically)
   <key>.<generation>.qcow2 its overlay; the backing file is the parent's overlay or the base
+  base-<sha256>.<format>   a link to a base layers lie on
   <key>.lock               flock: shared while a build uses the layer, exclusive to build or prune
 
 A layer that installed packages carries its age: past the maximum age (or with --refresh) it is
 built again under the same key, as a new generation. Layers above it name the generation they
 were built on in their own keys, so they are rebuilt too, while a build still using the old
 generation keeps it until prune removes it.
+
+Overlays name their backing file relatively, by a name that is the same on every machine (the
+parent's file name, or the base's link): a chain copied elsewhere or pulled from a registry
+(assembler.fleet) works in any directory as it is, and its bytes do not depend on where it was
+built.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,9 +45,15 @@ from assembler.run import run
 log = logging.getLogger(__name__)
 
 # Bumped when what a layer holds or how keys are made changes: old entries then never match.
-LAYER_FORMAT = 1
+# 2: backing files named relatively (format 1 named them by absolute path).
+LAYER_FORMAT = 2
+BASE_LINK_PREFIX = "base-"
 DEFAULT_MAX_AGE_DAYS = 7.0
 DEFAULT_MAX_CACHE_BYTES = 20 * 1024**3
+
+
+class UnusableLayer(AssemblerError):
+    """A layer from elsewhere that this cache will not use (it names another parent)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,14 @@ class Parent:
     path: Path
     format: str
     ident: str  # the base's sha256, or the parent entry's id (key and generation)
+
+    @property
+    def file_name(self) -> str:
+        """What an overlay on it names as its backing file: a layer's own file name, or the
+        base's link, named by its digest."""
+        if self.path.name == f"{self.ident}.qcow2":
+            return self.path.name
+        return f"{BASE_LINK_PREFIX}{self.ident}.{self.format}"
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,7 @@ class Entry:
     record: dict[str, Any] = field(default_factory=dict)  # what the build reports from it
     # The overlay's, when published: a truncated or rewritten overlay is never used.
     sha256: str = ""
+    backing: str = ""  # the parent's file name, as the overlay names it (beside it)
 
     @property
     def ident(self) -> str:
@@ -72,6 +94,11 @@ class Entry:
 
     def age_days(self, now: float | None = None) -> float:
         return ((now or time.time()) - self.created) / 86400
+
+
+# Brings the entry for (key, parent) into the cache from elsewhere, if it is there and the
+# predicate finds it fresh enough; None to build it here.
+Remote = Callable[[str, "Parent", Callable[["Entry"], bool]], "Entry | None"]
 
 
 def layer_key(name: str, parent: str, inputs: dict[str, Any]) -> str:
@@ -108,6 +135,8 @@ class LayerCache:
         except (OSError, ValueError, TypeError):
             return None
         if not self.overlay(entry).is_file() or not Path(entry.parent_path).is_file():
+            return None
+        if not entry.backing or not (self.root / entry.backing).is_file():
             return None
         return entry
 
@@ -150,10 +179,12 @@ class LayerCache:
         max_age_days: float = DEFAULT_MAX_AGE_DAYS,
         refresh: bool = False,
         size: int | None = None,
+        remote: Remote | None = None,
     ) -> Iterator[tuple[Entry, bool]]:
         """The layer for (name, parent, inputs), held (shared lock) while the caller uses it:
-        a fresh cached entry, else built by `build(overlay)` (which returns the entry's record)
-        and published. Yields (entry, whether it came from the cache)."""
+        a fresh cached entry, else one `remote` brings into the cache (a registry shared by
+        other builders), else built by `build(overlay)` (which returns the entry's record)
+        and published. Yields (entry, whether it was there to reuse)."""
         key = layer_key(name, parent.ident, inputs)
         asked = time.time()
         what = f"the {name} layer"
@@ -170,6 +201,12 @@ class LayerCache:
                     if entry is not None and not hit:
                         why = "--refresh" if refresh else f"{entry.age_days():.1f} days old"
                         log.info("layer %s: built again for new packages (%s)", name, why)
+                    if not hit and remote is not None:
+                        pulled = remote(key, parent, partial(
+                            self.fresh, max_age_days=max_age_days, refresh=refresh, asked=asked
+                        ))  # fmt: skip
+                        if pulled is not None:
+                            entry, hit = pulled, True
                     if entry is None or not hit:
                         entry = self._build(key, name, parent, inputs, build, ages, size)
             assert entry is not None
@@ -201,9 +238,10 @@ class LayerCache:
         final = self.root / f"{key}.{generation}.qcow2"
         tmp = leftovers.partial(final.with_suffix(""), ".qcow2")
         try:
+            backing = self.link_parent(parent)
             run([
                 "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
-                "-F", parent.format, "-b", parent.path.absolute(), tmp,
+                "-F", parent.format, "-b", backing, tmp,
                 *([str(size)] if size else []),
             ])  # fmt: skip
             try:
@@ -223,17 +261,61 @@ class LayerCache:
                 ages=ages,
                 inputs=inputs,
                 record=record,
+                backing=backing,
             )
-            tmp.chmod(0o600)
-            publish(tmp, final)
-            # After the rename, which moves the file's ctime: the stamp the memo keeps.
-            entry = replace(entry, sha256=sha256_of(final))
-            write_atomically(
-                self.root / f"{key}.json", json.dumps(asdict(entry), indent=1).encode()
-            )
+            entry = self._publish(entry, tmp)
         finally:
             tmp.unlink(missing_ok=True)
         return entry
+
+    def _publish(self, entry: Entry, tmp: Path) -> Entry:
+        final = self.overlay(entry)
+        tmp.chmod(0o600)
+        publish(tmp, final)
+        # After the rename, which moves the file's ctime: the stamp the memo keeps.
+        entry = replace(entry, sha256=sha256_of(final))
+        write_atomically(
+            self.root / f"{entry.key}.json", json.dumps(asdict(entry), indent=1).encode()
+        )
+        return entry
+
+    def adopt(self, entry: Entry, overlay: Path, parent: Parent) -> Entry:
+        """Publish an overlay built elsewhere (pulled from a registry, its bytes already checked
+        against entry.sha256) as the current entry of its key; called under its build lock,
+        as from `remote`. Its backing file must be the name this cache gives `parent`: an
+        overlay naming anything else (another file, an absolute path) is refused."""
+        backing = self.link_parent(parent)
+        info = json.loads(run(["qemu-img", "info", "--output=json", "-U", overlay]))
+        named = (
+            info.get("format"),
+            info.get("backing-filename"),
+            info.get("backing-filename-format"),
+        )
+        if named != ("qcow2", backing, parent.format) or "data-file" in json.dumps(info):
+            raise UnusableLayer(
+                f"the {entry.name} layer {entry.key[:12]} names {named[1]!r} "
+                f"({named[2]}) as its parent, not {backing!r} ({parent.format})"
+            )
+        entry = replace(
+            entry, parent=parent.ident, parent_path=str(parent.path.absolute()), backing=backing
+        )
+        return self._publish(entry, overlay)
+
+    def link_parent(self, parent: Parent) -> str:
+        """The parent's file name here: its own file when it lies in this cache, else a link
+        to it (a base, or the shared cache's layer under a build's private one)."""
+        name = parent.file_name
+        here = self.root / name
+        if here.absolute() == parent.path.absolute():
+            return name
+        target = parent.path.absolute()
+        if here.is_symlink() and Path(os.readlink(here)) == target:
+            return name
+        tmp = leftovers.partial(here)
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, here)  # atomic: a concurrent build sees the old link or the new one
+        return name
 
     def _touch(self, entry: Entry) -> None:
         """Last use, for prune's least-recently-used order."""
@@ -304,6 +386,13 @@ class LayerCache:
         whose overlay or parent is gone; each only while no build uses or builds its key."""
         removed = []
         for path in sorted(self.root.iterdir()):
+            if path.name.startswith(BASE_LINK_PREFIX):
+                # Only once its base is gone: a live link costs nothing, and a build may be
+                # about to lie on it (it is made before the entry that names it).
+                if path.is_symlink() and not path.exists():
+                    path.unlink(missing_ok=True)
+                    removed.append(path.name)
+                continue
             if path.suffix == ".lock" or path.is_dir():  # outputs/: pruned by OutputCache
                 continue
             key = path.name.lstrip(".").split(".")[0]
