@@ -145,19 +145,24 @@ def base_key(spec: BaseSpec) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def archive_base(spec: BaseSpec, accel: Accel) -> FetchedBase:
-    """`--base archive`: the base from the package archive, built once and cached by its key."""
-    check_host(spec)
-    path = cached_base(spec, accel)
+def archive_base(
+    spec: BaseSpec, accel: Accel, fetch: Callable[[str, Path], bool] | None = None
+) -> FetchedBase:
+    """`--base archive`: the base from the package archive, built once and cached by its key
+    (or fetched by `fetch(key, path)`, from builders that share it, when that finds it)."""
+    path = cached_base(spec, accel, fetch)
     return FetchedBase(
         path=path, url=_archive(spec), algo=HashAlgo.SHA256, digest=sha256_of(path),
         signed=False, signer=None, origin=Origin.ARCHIVE,
     )  # fmt: skip
 
 
-def cached_base(spec: BaseSpec, accel: Accel) -> Path:
+def cached_base(
+    spec: BaseSpec, accel: Accel, fetch: Callable[[str, Path], bool] | None = None
+) -> Path:
     """cache_dir()/bases/<key>.qcow2, built once even when several callers race for it."""
-    path = cache_dir() / "bases" / f"{base_key(spec)}.qcow2"
+    key = base_key(spec)
+    path = cache_dir() / "bases" / f"{key}.qcow2"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +174,8 @@ def cached_base(spec: BaseSpec, accel: Accel) -> Path:
             log.info("waiting for another process building %s", path.name)
             fcntl.flock(lock, fcntl.LOCK_EX)
         # Whoever held the lock may have built it meanwhile.
-        if not path.exists():
+        if not path.exists() and not (fetch is not None and fetch(key, path)):
+            check_host(spec)
             build_base(spec, path, accel)
     return path
 

@@ -17,13 +17,14 @@ from assembler import accel as accel_mod
 from assembler import basefacts, embed, leftovers, progress, stacked
 from assembler.agent.devkeys import KeyPair, authorize_on_controller, save_beside
 from assembler.agent.payload import agent_wheelhouse, check_agent
-from assembler.base import BaseSpec, archive_base
+from assembler.base import BaseSpec, archive_base, base_key
 from assembler.config import ARCHIVE_BASE, BuildConfig, Compression
 from assembler.convert import convert, image_info
 from assembler.distros import apt_sources
 from assembler.errors import UsageError
 from assembler.facts import Facts
 from assembler.fetch import resolve_base
+from assembler.fleet.remote import LayerRegistry, SharedBase
 from assembler.formats import FORMATS, ImageFormat
 from assembler.images import DiskImage, inspect_disk
 from assembler.layers import Entry, LayerCache, Parent
@@ -116,6 +117,7 @@ CONFIG = Layer(
     ),
     inputs=config_inputs,
     resources=("overlays/user", "cloudinit"),
+    secret=lambda cfg, facts: "it holds the root password's hash" if cfg.root_password_id else None,
 )
 
 
@@ -175,6 +177,7 @@ AGENT = Layer(
     # A key pair made for this build alone would make every dev build's agent layer new: such
     # a layer (holding the private key) stays in the build's scratch space.
     private=lambda cfg, facts: facts.ephemeral_key,
+    secret=lambda cfg, facts: "it holds the dev key pair" if facts.dev_key else None,
 )
 
 LAYERS = (SYSTEM, CONFIG, DATASTORE_IMAGES, AGENT)
@@ -203,16 +206,23 @@ def build(cfg: BuildConfig) -> Manifest:
     """Build the image described by cfg at cfg.output, with its manifest beside it."""
     check_output(cfg.output)
     chosen_accel = accel_mod.resolve(cfg.accel)
+    shared = LayerRegistry.at(cfg.cache_registry) if cfg.cache_registry else None
+    if shared is not None:
+        shared.check()
+    shared_base: SharedBase | None = None
     if cfg.base == ARCHIVE_BASE:
         if cfg.base_sha256 or cfg.base_url or cfg.signing_key:
             raise UsageError("--base archive is built here: --sha256, --base-url and "
                              "--signing-key do not apply")  # fmt: skip
-        fetched = archive_base(BaseSpec(cfg.release, mirror=cfg.mirror), chosen_accel)
+        spec = BaseSpec(cfg.release, mirror=cfg.mirror)
+        fetched = archive_base(spec, chosen_accel, shared.pull_base if shared else None)
     else:
         fetched = resolve_base(
             cfg.release, cfg.base, cfg.base_sha256, cfg.base_url, cfg.signing_key, cfg.refresh
         )
     base = check_base(fetched.path)
+    if cfg.base == ARCHIVE_BASE and shared is not None:
+        shared_base = SharedBase(base_key(spec), fetched.path, fetched.digest, base.format)
     if cfg.size_bytes < base.virtual_size:
         raise UsageError(
             f"--size {cfg.size_bytes} bytes is smaller than the base image's "
@@ -254,10 +264,14 @@ def build(cfg: BuildConfig) -> Manifest:
         below = Parent(base.path, base.format, sha)
         entries: dict[str, Entry] = {}
         lower: Parent | None = None
+        shareable: list[Entry] = []  # the chain's layers up to the first that holds a secret
         for layer in LAYERS:
             if not layer.when(cfg, facts):
                 continue
             store = cache
+            secret = layer.secret(cfg, facts)
+            if shared is not None and secret and len(shareable) == len(entries):
+                log.info("%s layer not shared through the registry: %s", layer.name, secret)
             if layer.private(cfg, facts):
                 log.info(
                     "%s layer not cached: its dev key is new (--dev-key caches it)", layer.name
@@ -274,10 +288,14 @@ def build(cfg: BuildConfig) -> Manifest:
                         max_age_days=cfg.max_age_days,
                         refresh=cfg.refresh,
                         size=cfg.size_bytes if layer.sized else None,
+                        remote=shared.remote_for(store) if shared and not secret else None,
                     )
                 )
                 shown.cached = hit
-            manifest.layers.append(_layer_record(entry, hit))
+            if not secret and len(shareable) == len(entries):
+                shareable.append(entry)
+            pulled = shared is not None and entry.key in shared.pulled
+            manifest.layers.append(_layer_record(entry, hit, pulled))
             facts = facts.learn({k: entry.record[k] for k in layer.gives})
             lower = below if entries else None  # the layer the top lies on, if any
             entries[layer.name] = entry
@@ -297,6 +315,9 @@ def build(cfg: BuildConfig) -> Manifest:
         with progress.stage(f"{cfg.image_format} output"):
             sha256 = _output(cfg, below, lower, cache, private=store is not cache)
         manifest.steps.append(StepRecord("convert", time.monotonic() - started))
+        if shared is not None:  # only now: nothing of a failed build is ever shared
+            with progress.stage("registry push"):
+                shared.push(cache, shareable, shared_base)
     info = image_info(cfg.output)
     manifest.output = {
         "path": str(cfg.output),
@@ -365,13 +386,14 @@ def _stacked(cfg: BuildConfig, top: Parent, lower: Parent | None, outputs: Outpu
         tmp.unlink(missing_ok=True)
 
 
-def _layer_record(entry: Entry, hit: bool) -> dict[str, Any]:
+def _layer_record(entry: Entry, hit: bool, pulled: bool) -> dict[str, Any]:
     """For the manifest: which layers were reused, and the steps of those built now."""
     return {
         "name": entry.name,
         "key": entry.key,
         "generation": entry.generation,
         "cached": hit,
+        "from": "registry" if pulled else "cache" if hit else "build",
         "built_at": datetime.datetime.fromtimestamp(entry.created, datetime.UTC).isoformat(
             timespec="seconds"
         ),

@@ -127,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--layer-cache", help="layer cache directory (default: in ~/.cache)")
     b.add_argument(
+        "--cache-registry",
+        metavar="HOST/REPO",
+        help="share layers with other builders through this OCI registry repository: pull a "
+        "layer found there, push what it lacks after a build (default $ASSEMBLER_CACHE_REGISTRY; "
+        "logins from docker's config.json)",
+    )
+    b.add_argument(
         "--max-age",
         type=float,
         dest="max_age_days",
@@ -346,6 +353,7 @@ def build_options(ns: argparse.Namespace) -> BuildOptions:
         compression=ns.compression,
         layer_cache=ns.layer_cache,
         max_age_days=ns.max_age_days,
+        cache_registry=ns.cache_registry,
         datastore_images=ns.datastore_image,
         embed_mode=ns.embed_mode,
     )

@@ -172,6 +172,8 @@ class BuildConfig:
     compression: Compression = Compression.ZLIB
     layer_cache: Path | None = None  # None: the user's cache directory
     max_age_days: float = 7.0  # a cached layer of packages older than this is built again
+    # host[:port]/repository of an OCI registry sharing layers with other builders, or None.
+    cache_registry: str | None = None
     datastore_images: tuple[EmbeddedImage, ...] = ()
     embed_mode: EmbedMode = EmbedMode.DOCKER_STORE
     root_password_hash: str | None = field(default=None, repr=False)
@@ -257,6 +259,7 @@ class BuildOptions:
     compression: str | None = None
     layer_cache: str | None = None
     max_age_days: float | None = None
+    cache_registry: str | None = None
     datastore_images: list[str] = field(default_factory=list)
     embed_mode: str | None = None
 
@@ -401,6 +404,7 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
             opts.layer_cache or env.get("ASSEMBLER_LAYER_CACHE"), "--layer-cache", must_exist=False
         ),
         max_age_days=max_age,
+        cache_registry=_cache_registry(opts.cache_registry or env.get("ASSEMBLER_CACHE_REGISTRY")),
         datastore_images=parse_embedded_images(
             opts.datastore_images, env.get("DIB_TROVE_DOCKER_IMAGES")
         ),
@@ -408,3 +412,13 @@ def make_config(opts: BuildOptions, env: Mapping[str, str]) -> BuildConfig:
         root_password_hash=root_hash,
         root_password_id=password_id(root_password) if root_password else None,
     )
+
+
+def _cache_registry(text: str | None) -> str | None:
+    """The --cache-registry location, checked now (a typo fails before any work)."""
+    if not text:
+        return None
+    from assembler.fleet.remote import parse_location
+
+    host, repository = parse_location(text)
+    return f"{host}/{repository}"

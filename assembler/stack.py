@@ -58,6 +58,9 @@ class Layer:
     # Kept in the build's scratch space rather than the cache (it holds a key made for this
     # build alone: caching it would fill the cache with layers no build can reuse).
     private: Callable[[BuildConfig, Facts], bool] = lambda cfg, facts: False
+    # Why this layer is never shared with other builders (through --cache-registry), if it
+    # is not: it holds a secret. Nothing above it is shared either (it lies on it).
+    secret: Callable[[BuildConfig, Facts], str | None] = lambda cfg, facts: None
 
     def modules(self) -> list[str]:
         roots = [codeid.module_of(step) for _, step in self.steps]

@@ -44,6 +44,10 @@ class RegistryError(AssemblerError):
     """A registry could not be reached, refused us, lacks something, or sent bad content."""
 
 
+class NotFound(RegistryError):
+    """The registry has no such manifest or blob (it answered 404)."""
+
+
 class FetchedManifest(NamedTuple):
     media_type: str
     body: bytes  # exactly as sent: its digest is the manifest's identity
@@ -178,7 +182,7 @@ class RegistryClient:
         )
         with response:
             if response.status_code == 404:
-                raise RegistryError(f"{self.host} has no {shown}")
+                raise NotFound(f"{self.host} has no {shown}")
             self._expect(response, 200, f"fetching {shown}")
             body = self._read_limited(response, MANIFEST_LIMIT + 1, shown)
             header_type = response.headers.get("Content-Type", "").split(";")[0].strip()
@@ -194,6 +198,13 @@ class RegistryClient:
             raise RegistryError(f"digest mismatch for {shown} from {self.host}: got {got}")
         return FetchedManifest(media_type, body, got)
 
+    def find_manifest(self, repository: str, reference: str) -> FetchedManifest | None:
+        """raw_manifest, or None when the registry has none under that reference."""
+        try:
+            return self.raw_manifest(repository, reference)
+        except NotFound:
+            return None
+
     def blob(self, repository: str, digest: str, dest: Path, size: int | None = None) -> None:
         """Stream a blob to dest, checking digest (and size) as it comes; nothing is left
         behind at dest unless it matched."""
@@ -204,7 +215,7 @@ class RegistryClient:
             response = self._send("GET", url, pull_scope(repository), stream=True)
             with response:
                 if response.status_code == 404:
-                    raise RegistryError(f"{self.host} has no blob {shown}")
+                    raise NotFound(f"{self.host} has no blob {shown}")
                 self._expect(response, 200, f"fetching blob {shown}")
                 h, count = hasher(digest), 0
                 with tmp.open("wb") as f, self._broken_body(shown):
@@ -281,6 +292,34 @@ class RegistryClient:
         if stated and stated != digest:
             raise RegistryError(f"{self.host} stored the manifest as {stated}, not {digest}")
         return digest
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """DELETE a manifest by digest (its tags go with it); False if it was already gone."""
+        url = f"{self.base_url}/v2/{repository}/manifests/{digest}"
+        response = self._send("DELETE", url, push_scope(repository).replace("push", "delete"))
+        with response:
+            if response.status_code == 404:
+                return False
+            self._expect(response, 202, f"deleting {repository}@{digest}")
+        return True
+
+    def tags(self, repository: str) -> list[str]:
+        """Every tag of the repository (the tags list API, followed page by page)."""
+        url: str | None = f"{self.base_url}/v2/{repository}/tags/list?n=1000"
+        found: list[str] = []
+        while url:
+            response = self._send("GET", url, pull_scope(repository))
+            with response:
+                if response.status_code == 404:
+                    return found  # a repository nothing was pushed to yet
+                self._expect(response, 200, f"listing the tags of {repository}")
+                try:
+                    found += response.json().get("tags") or []
+                except (ValueError, AttributeError):
+                    raise RegistryError(f"{self.host} sent a malformed tag list") from None
+                following = response.links.get("next", {}).get("url")
+            url = urljoin(url, following) if following else None
+        return found
 
     # --- the protocol ----------------------------------------------------------------------
 
