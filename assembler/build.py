@@ -24,6 +24,7 @@ from assembler.distros import apt_sources
 from assembler.errors import UsageError
 from assembler.facts import Facts
 from assembler.fetch import resolve_base
+from assembler.fleet.matrix import slots
 from assembler.fleet.remote import LayerRegistry, SharedBase
 from assembler.formats import FORMATS, ImageFormat
 from assembler.images import DiskImage, inspect_disk
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 # ----- the layers, bottom to top -------------------------------------------------------------
 
 
-def system_inputs(cfg: BuildConfig, facts: Facts) -> dict[str, Any]:
+def system_inputs(cfg: BuildConfig, facts: Facts | None = None) -> dict[str, Any]:
     docker = DOCKER[cfg.docker_source]
     return {
         "release": cfg.release.codename,
@@ -80,6 +81,7 @@ SYSTEM = Layer(
         ("trim", disk.trim),
     ),
     inputs=system_inputs,
+    declared=system_inputs,
     prepare=packages.prepare,
     report=packages.report,
     gives=("mounts", "firmware"),
@@ -88,7 +90,7 @@ SYSTEM = Layer(
 )
 
 
-def config_inputs(cfg: BuildConfig, facts: Facts) -> dict[str, Any]:
+def config_inputs(cfg: BuildConfig, facts: Facts | None = None) -> dict[str, Any]:
     return {
         "user": cfg.guest_username,
         "root_password": cfg.root_password_id,
@@ -116,8 +118,9 @@ CONFIG = Layer(
         ("trim", disk.trim),
     ),
     inputs=config_inputs,
+    declared=config_inputs,
     resources=("overlays/user", "cloudinit"),
-    secret=lambda cfg, facts: "it holds the root password's hash" if cfg.root_password_id else None,
+    secret=lambda cfg: "it holds the root password's hash" if cfg.root_password_id else None,
 )
 
 
@@ -141,8 +144,13 @@ DATASTORE_IMAGES = Layer(
         ("trim", disk.trim),
     ),
     inputs=datastore_inputs,
+    declared=lambda cfg: {
+        "mode": str(cfg.embed_mode),
+        "images": [[str(i.source), i.target] for i in cfg.datastore_images],
+    },
     prepare=datastore_images.prepare,
     when=lambda cfg, facts: bool(facts.embedded),
+    planned=lambda cfg: bool(cfg.datastore_images),
 )
 
 
@@ -177,7 +185,12 @@ AGENT = Layer(
     # A key pair made for this build alone would make every dev build's agent layer new: such
     # a layer (holding the private key) stays in the build's scratch space.
     private=lambda cfg, facts: facts.ephemeral_key,
-    secret=lambda cfg, facts: "it holds the dev key pair" if facts.dev_key else None,
+    secret=lambda cfg: "it holds the dev key pair" if cfg.dev_mode else None,
+    declared=lambda cfg: {
+        "dev_mode": cfg.dev_mode,
+        "agent": asdict(cfg.agent),
+        "host_scp_username": cfg.host_scp_username,
+    },
 )
 
 LAYERS = (SYSTEM, CONFIG, DATASTORE_IMAGES, AGENT)
@@ -269,7 +282,7 @@ def build(cfg: BuildConfig) -> Manifest:
             if not layer.when(cfg, facts):
                 continue
             store = cache
-            secret = layer.secret(cfg, facts)
+            secret = layer.secret(cfg)
             if shared is not None and secret and len(shareable) == len(entries):
                 log.info("%s layer not shared through the registry: %s", layer.name, secret)
             if layer.private(cfg, facts):
@@ -317,7 +330,8 @@ def build(cfg: BuildConfig) -> Manifest:
         manifest.steps.append(StepRecord("convert", time.monotonic() - started))
         if shared is not None:  # only now: nothing of a failed build is ever shared
             with progress.stage("registry push"):
-                shared.push(cache, shareable, shared_base)
+                planned = {name: slot for name, slot in slots(cfg) if slot}
+                shared.push(cache, shareable, shared_base, planned)
     info = image_info(cfg.output)
     manifest.output = {
         "path": str(cfg.output),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ from assembler.formats import ImageFormat
 from assembler.layouts import LAYOUTS, Firmware
 
 log = logging.getLogger("assembler")
-COMMANDS = ("build", "base", "fetch", "boot-test", "cache", "publish")
+COMMANDS = ("build", "base", "fetch", "boot-test", "cache", "publish", "matrix")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         "or loaded at the first boot (first-boot)",
     )
     b.add_argument("--layer-cache", help="layer cache directory (default: in ~/.cache)")
+    # Read before the other options (expand_matrix): a cell's arguments stand in for them.
+    b.add_argument("--matrix", metavar="FILE", help="build one cell of this matrix file")
+    b.add_argument("--cell", help="--matrix: the cell's id (see `assembler matrix FILE`)")
+    b.add_argument("--stage", help="--matrix: the stage of --cell-index")
+    b.add_argument(
+        "--cell-index",
+        help="--matrix: the cell's index within --stage (default $JOB_COMPLETION_INDEX)",
+    )
     b.add_argument(
         "--cache-registry",
         metavar="HOST/REPO",
@@ -255,7 +264,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--older-than", type=float, metavar="DAYS", help="prune: unused for DAYS")
     c.add_argument("--all", action="store_true", help="prune: every layer not in use")
+    c.add_argument(
+        "--registry",
+        nargs="?",
+        const="",
+        metavar="HOST/REPO",
+        help="prune the shared registry instead (default $ASSEMBLER_CACHE_REGISTRY): keep the "
+        "--keep newest layers of each slot of --matrix, and what they lie on",
+    )
+    c.add_argument("--matrix", help="prune --registry: the matrix file whose cells stay")
+    c.add_argument("--keep", type=int, default=2, help="prune --registry: per slot (default 2)")
     c.add_argument("-v", "--debug", action="store_true", help="tracebacks")
+
+    m = sub.add_parser("matrix", help="print a build matrix's cells, stages and layer slots")
+    m.add_argument("file", help="the matrix file (TOML; see the README)")
+    m.add_argument("--json", action="store_true", help="as JSON (a CI generator job reads it)")
+    m.add_argument(
+        "--emit",
+        choices=("github", "github-run", "github-output", "kubernetes", "zuul"),
+        help="print a CI definition that builds the cells, stage by stage (github-output: "
+        "the generator job's outputs)",
+    )
+    m.add_argument("-v", "--debug", action="store_true", help="tracebacks")
 
     _publish_parser(sub)
     return parser
@@ -471,6 +501,9 @@ def cmd_boot_test(ns: argparse.Namespace) -> int:
 def cmd_cache(ns: argparse.Namespace) -> int:
     from assembler.layers import LayerCache, describe, parse_bytes
 
+    if ns.registry is not None:
+        return _prune_registry(ns)
+
     where = ns.layer_cache or os.environ.get("ASSEMBLER_LAYER_CACHE")
     root = Path(where).expanduser().absolute() if where else None
     if root is not None and not root.is_dir():
@@ -484,6 +517,80 @@ def cmd_cache(ns: argparse.Namespace) -> int:
             print(f"removed {name}")
     print(describe(cache))
     return EXIT_OK
+
+
+def _prune_registry(ns: argparse.Namespace) -> int:
+    from assembler.fleet import matrix as matrix_mod
+    from assembler.fleet.artifact import KIND
+    from assembler.fleet.prune import prune
+    from assembler.fleet.remote import ENV, LayerRegistry
+
+    if ns.action != "prune":
+        raise UsageError("--registry goes with `cache prune`")
+    where = ns.registry or os.environ.get(ENV)
+    if not where:
+        raise UsageError(f"--registry names no registry and ${ENV} is not set")
+    if not ns.matrix:
+        raise UsageError("prune --registry needs --matrix: the cells whose layers stay")
+    if ns.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    planned = matrix_mod.plan(matrix_mod.load(Path(ns.matrix)), config_of)
+    slots = {s for p in planned for _, s in p.slots if s}
+    bases = {
+        matrix_mod.base_slot(config_of(list(p.cell.argv))).removeprefix("archive:") for p in planned
+    }
+    shared = LayerRegistry.at(where)
+    gone = prune(shared, slots, bases, ns.keep)
+    for f in gone:
+        kind = f.artifact.annotations.get(KIND, "?")
+        print(f"deleted {shared.where}:{f.tag} ({kind}, built {f.artifact.created_iso})")
+    print(
+        f"{len(gone)} manifests deleted from {shared.where}; the registry frees their blobs "
+        "when it collects garbage (docker-registry: garbage-collect --delete-untagged)"
+    )
+    return EXIT_OK
+
+
+def config_of(argv: list[str]) -> BuildConfig:
+    """The build configuration `assembler build ARGV` would use."""
+    return make_config(build_options(_parser().parse_args(["build", *argv])), os.environ)
+
+
+def cmd_matrix(ns: argparse.Namespace) -> int:
+    from assembler.fleet import matrix as matrix_mod
+
+    matrix = matrix_mod.load(Path(ns.file))
+    planned = matrix_mod.plan(matrix, config_of)
+    if ns.emit:
+        from assembler.fleet.emit import EMITTERS
+
+        print(EMITTERS[ns.emit](matrix, planned), end="")
+    elif ns.json:
+        print(json.dumps(matrix_mod.as_json(planned), indent=1))
+    else:
+        print(matrix_mod.describe(planned))
+    return EXIT_OK
+
+
+def expand_matrix(args: list[str]) -> list[str]:
+    """`build --matrix FILE --cell ID` (or `--stage S --cell-index I`, I defaulting to the
+    Indexed Job's $JOB_COMPLETION_INDEX) -> `build <the cell's arguments> <the others>`."""
+    if args[:1] != ["build"] or "--matrix" not in args:
+        return args
+    from assembler.fleet import matrix as matrix_mod
+
+    rest, picked = matrix_mod.take_options(
+        args[1:], ("--matrix", "--cell", "--stage", "--cell-index")
+    )
+    matrix = matrix_mod.load(Path(picked["--matrix"]))
+    if "--cell" in picked:
+        cell = matrix.cell(picked["--cell"])
+    else:
+        index = picked.get("--cell-index", os.environ.get("JOB_COMPLETION_INDEX"))
+        if "--stage" not in picked or index is None:
+            raise UsageError("--matrix needs --cell ID, or --stage S with --cell-index I")
+        cell = matrix_mod.pick(matrix_mod.plan(matrix, config_of), picked["--stage"], index)
+    return ["build", *cell.argv, *rest]
 
 
 def cmd_publish(ns: argparse.Namespace) -> int:
@@ -586,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A killed build must unwind like an interrupted one: finally blocks remove partial files.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        ns = _parser().parse_args(args)
+        ns = _parser().parse_args(expand_matrix(args))
         handler = {
             "build": cmd_build,
             "base": cmd_base,
@@ -594,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "boot-test": cmd_boot_test,
             "cache": cmd_cache,
             "publish": cmd_publish,
+            "matrix": cmd_matrix,
         }[ns.command]
         if ns.command in LIVE_VIEW and _terminal(debug):
             progress.use_terminal()

@@ -136,7 +136,7 @@ class LayerCache:
             return None
         if not self.overlay(entry).is_file() or not Path(entry.parent_path).is_file():
             return None
-        if not entry.backing or not (self.root / entry.backing).is_file():
+        if not entry.backing or not (self.root / entry.backing).is_file():  # absolute: as is
             return None
         return entry
 
@@ -302,13 +302,18 @@ class LayerCache:
         return self._publish(entry, overlay)
 
     def link_parent(self, parent: Parent) -> str:
-        """The parent's file name here: its own file when it lies in this cache, else a link
-        to it (a base, or the shared cache's layer under a build's private one)."""
+        """How an overlay here names the parent: its file name when it lies in this cache,
+        a link's name for a base (which has no backing file of its own). A layer of another
+        cache (the shared one, under a build's private cache) is named by its absolute path:
+        qemu resolves a backing name against the path it opened, so a link to an overlay
+        would break the chain below it; private layers never leave the machine anyway."""
         name = parent.file_name
         here = self.root / name
-        if here.absolute() == parent.path.absolute():
-            return name
         target = parent.path.absolute()
+        if here.absolute() == target:
+            return name
+        if name != f"{BASE_LINK_PREFIX}{parent.ident}.{parent.format}":
+            return str(target)
         if here.is_symlink() and Path(os.readlink(here)) == target:
             return name
         tmp = leftovers.partial(here)

@@ -60,7 +60,12 @@ class Layer:
     private: Callable[[BuildConfig, Facts], bool] = lambda cfg, facts: False
     # Why this layer is never shared with other builders (through --cache-registry), if it
     # is not: it holds a secret. Nothing above it is shared either (it lies on it).
-    secret: Callable[[BuildConfig, Facts], str | None] = lambda cfg, facts: None
+    secret: Callable[[BuildConfig], str | None] = lambda cfg: None
+    # What it depends on as configured, before anything is resolved (digests of wheels and
+    # images, the parent's generation): a build matrix plans with it (assembler.fleet.matrix).
+    declared: Callable[[BuildConfig], dict[str, Any]] = lambda cfg: {}
+    # Whether a build of cfg has this layer, known before the build (for the matrix).
+    planned: Callable[[BuildConfig], bool] = lambda cfg: True
 
     def modules(self) -> list[str]:
         roots = [codeid.module_of(step) for _, step in self.steps]

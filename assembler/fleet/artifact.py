@@ -31,6 +31,7 @@ CREATED = "org.opencontainers.image.created"
 NS = "dev.trove-image-assembler."
 KEY, KIND, PARENT, GENERATION = NS + "key", NS + "kind", NS + "parent", NS + "generation"
 TOOL, BUILDER, SHA256, SIZE = NS + "tool-version", NS + "builder", NS + "sha256", NS + "size"
+SLOT = NS + "slot"  # the matrix slot it fills (assembler.fleet.matrix): what prune keeps by
 BASE_KIND = "base"
 BASE_TAG_PREFIX = "base-"
 
@@ -108,6 +109,10 @@ class Artifact:
             return datetime.datetime.fromisoformat(self.annotations[CREATED]).timestamp()
         except (KeyError, ValueError):
             return 0.0
+
+    @property
+    def created_iso(self) -> str:
+        return self.annotations.get(CREATED, "?")
 
     def top(self) -> tuple[Descriptor, Descriptor]:
         """The entry and overlay of the layer this manifest is for (the last two listed)."""

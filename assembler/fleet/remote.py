@@ -47,6 +47,7 @@ from assembler.fleet.artifact import (
     PARENT,
     SHA256,
     SIZE,
+    SLOT,
     TITLE,
     TOOL,
     Artifact,
@@ -192,21 +193,29 @@ class LayerRegistry:
         )  # fmt: skip
         return entry
 
-    def push(self, cache: LayerCache, chain: list[Entry], base: SharedBase | None) -> None:
+    def push(
+        self,
+        cache: LayerCache,
+        chain: list[Entry],
+        base: SharedBase | None,
+        slots: dict[str, str] | None = None,
+    ) -> None:
         """Push what the registry lacks of a finished build's chain (shareable layers only,
-        bottom first); a failure is a warning, the image is built."""
+        bottom first), each marked with its matrix slot (by layer name); a failure is a
+        warning, the image is built."""
         if not self.enabled:
             return
         try:
             self._push_bytes(EMPTY_DATA, EMPTY_DIGEST)
             below = [self._push_base(base)] if base is not None else []
             for entry in chain:
-                below = self._push_layer(cache, entry, below)
+                slot = (slots or {}).get(entry.name)
+                below = self._push_layer(cache, entry, below, slot)
         except _SHARING_FAILED as exc:
             self._give_up(exc, "pushing the build's layers")
 
     def _push_layer(
-        self, cache: LayerCache, entry: Entry, below: list[Descriptor]
+        self, cache: LayerCache, entry: Entry, below: list[Descriptor], slot: str | None
     ) -> list[Descriptor]:
         tag = layer_tag(entry.key)
         found = self.find(tag)
@@ -222,6 +231,8 @@ class LayerRegistry:
             GENERATION: entry.generation, CREATED: iso(entry.created),
             TOOL: __version__, BUILDER: socket.gethostname(),
         }  # fmt: skip
+        if slot:
+            annotations[SLOT] = slot
         pushed = Artifact(LAYER_ARTIFACT, annotations, tuple(layers))
         if found is not None and found.created >= entry.created:
             # Another builder built the same key, later: its tag stays. Ours is not lost to

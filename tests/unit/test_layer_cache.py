@@ -341,3 +341,38 @@ def test_a_damaged_layer_is_detected_and_built_again_with_what_lies_on_it(
     # Intact now, and used as it is by the next build.
     _, hit_a, _, hit_b = chain(cache, base, {"a": 1}, {"b": 1}, a, b)
     assert (hit_a, hit_b) == (True, True) and a.calls == 2
+
+
+def test_a_private_cache_s_layer_on_a_shared_one_reads_the_whole_chain(
+    cache: LayerCache, base: Parent, tmp_path: Path
+) -> None:
+    """A dev build's private agent layer lies on the shared cache's layers: the chain below
+    must resolve from the private directory too (qemu resolves backing names against the
+    path it opened, so a link to an overlay with a backing file of its own would not)."""
+    with cache.layer("a", base, {"x": 1}, Writer(0x41, 1)) as (ea, _):
+        private = LayerCache(tmp_path / "private")
+        parent = Parent(cache.overlay(ea), "qcow2", ea.ident)
+        with private.layer("b", parent, {"y": 1}, Writer(0x42, 2)) as (eb, _):
+            top = private.overlay(eb)
+            assert reads(top, 0x11, 0) and reads(top, 0x41, 1) and reads(top, 0x42, 2)
+            assert private.entry(eb.key) == eb
+
+
+def test_a_chain_moved_to_another_directory_works_as_it_is(
+    cache: LayerCache, tmp_path: Path
+) -> None:
+    """Relative backing names: the cache directory (and its base, beside it) moved elsewhere
+    still reads every layer, with no rebase."""
+    base_path = cache.root / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base_path, "64M"], check=True)
+    assert qemu_io(base_path, "write -P 0x11 0 64k").returncode == 0
+    base = Parent(base_path, "qcow2", "base-sha256")
+    _, _, eb, _ = chain(cache, base, {"x": 1}, {"y": 1}, Writer(0x41, 1), Writer(0x42, 2))
+    # The base's link names it by an absolute path: make it relative, as a runner's would be.
+    link = cache.root / base.file_name
+    link.unlink()
+    link.symlink_to("base.qcow2")
+    moved = tmp_path / "elsewhere"
+    cache.root.rename(moved)
+    top = moved / cache.overlay(eb).name
+    assert reads(top, 0x11, 0) and reads(top, 0x41, 1) and reads(top, 0x42, 2)
