@@ -26,6 +26,9 @@ import yaml
 from assembler.fleet.matrix import Matrix, Planned, by_stage
 
 TOOL = ".venv/bin/python -m assembler"
+# GitHub: the repository's variables may say how to run the tool and set it up on a runner.
+GH_TOOL = "${{ vars.ASSEMBLER || '.venv/bin/python -m assembler' }}"
+GH_SETUP = "${{ vars.ASSEMBLER_SETUP || 'make setup' }}"
 IMAGE = "trove-image-assembler:latest"  # a container image with the tool (the operator's)
 
 
@@ -45,8 +48,8 @@ def _stage_job(n: int) -> str:
     return f"stage-{n}"
 
 
-def _build(matrix: Matrix, cell: str) -> str:
-    return f"{TOOL} build --matrix {matrix.path.as_posix()} --cell {cell}"
+def _build(matrix: Matrix, cell: str, tool: str = TOOL) -> str:
+    return f"{tool} build --matrix {matrix.path.as_posix()} --cell {cell}"
 
 
 def github_output(matrix: Matrix, planned: list[Planned]) -> str:
@@ -64,8 +67,8 @@ def _github(matrix: Matrix, planned: list[Planned], hosted: bool) -> str:
     stages = by_stage(planned)
     runs_on = "ubuntu-latest" if hosted else "self-hosted"
     setup: list[dict[str, Any]] = [{"uses": "actions/checkout@v4"}] if hosted else []
-    setup.append({"name": "setup", "run": "make setup"})
-    plan_run = f'{TOOL} matrix {matrix.path.as_posix()} --emit github-output >> "$GITHUB_OUTPUT"'
+    setup.append({"name": "setup", "run": GH_SETUP})
+    plan_run = f'{GH_TOOL} matrix {matrix.path.as_posix()} --emit github-output >> "$GITHUB_OUTPUT"'
     jobs: dict[str, Any] = {
         "plan": {
             "runs-on": runs_on,
@@ -77,7 +80,8 @@ def _github(matrix: Matrix, planned: list[Planned], hosted: bool) -> str:
         }
     }
     for n in range(1, len(stages) + 1):
-        steps = [*setup, {"name": "build", "run": _build(matrix, "${{ matrix.cell }}")}]
+        build = _build(matrix, "${{ matrix.cell }}", GH_TOOL)
+        steps = [*setup, {"name": "build", "run": build}]
         if hosted:
             path = f"{matrix.output_dir}/${{{{ matrix.cell }}}}.*"
             upload = {"name": "${{ matrix.cell }}", "path": path}
