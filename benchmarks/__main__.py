@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import peer
+from benchmarks import fleet, peer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
@@ -470,7 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--workdir", default=None, help="scratch space (default: the temp dir)")
     p.add_argument("--no-readme", dest="readme", action="store_false")
+    p.add_argument("--no-fleet", dest="fleet", action="store_false", help="skip the fleet cases")
+    p.add_argument(
+        "--fleet-only", action="store_true",
+        help="only the registry and matrix cases (results in fleet-latest.json beside --results)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.fleet_only:
+        return fleet_only(args)
     if args.repeat < 1 or args.peer_runs < 1:
         raise SystemExit("error: --repeat and --peer-runs must be at least 1")
     if shutil.which("virt-customize") is None:
@@ -478,11 +485,37 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ASSEMBLER_ACCEL", "auto")
     result = bench(args)
     text = table(result)
+    if args.fleet:
+        with tempfile.TemporaryDirectory(prefix="bench-fleet-", dir=args.workdir) as tmp:
+            runs = fleet.run(Path(tmp), log)
+        found = fleet.ratios(runs)
+        result["fleet"] = {"runs": runs, "ratios": found, "targets": fleet.targets(found)}
+        text += "\n\n" + fleet.table(runs, found)
     print(text)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.readme:
         update_readme(text)
+    return 0
+
+
+def fleet_only(args: argparse.Namespace) -> int:
+    os.environ.setdefault("ASSEMBLER_ACCEL", "auto")
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-", dir=args.workdir) as tmp:
+        runs = fleet.run(Path(tmp), log)
+    found = fleet.ratios(runs)
+    text = fleet.table(runs, found)
+    print(f"{machine()}\n{text}")
+    out = args.results.with_name("fleet-latest.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "runs": runs,
+        "ratios": {k: round(v, 3) for k, v in found.items()},
+        "targets": fleet.targets(found),
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -32,7 +32,10 @@ class Built:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 1200
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 1200,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "assembler", *args],
@@ -40,6 +43,7 @@ def run_cli(
         text=True,
         env={**os.environ, "ASSEMBLER_ACCEL": "tcg", **(env or {})},
         timeout=timeout,
+        cwd=cwd,
         check=False,
     )
 

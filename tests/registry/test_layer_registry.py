@@ -6,6 +6,7 @@ at a fraction of the cost. One real build shares its layers in tests/image/test_
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing
@@ -305,3 +306,40 @@ def test_a_location_with_a_tag_or_without_a_repository_is_bad_input() -> None:
         with pytest.raises(UsageError):
             parse_location(text)
     assert parse_location("127.0.0.1:5000/fleet/layers") == ("127.0.0.1:5000", "fleet/layers")
+
+
+def test_prune_deletes_the_older_generations_of_a_slot_and_leaves_others_alone(
+    where: str, tmp_path: Path
+) -> None:
+    from assembler.fleet.prune import listing, prune
+
+    cache = LayerCache(tmp_path / "layers")
+    base = make_base(tmp_path)
+    shared = LayerRegistry.at(where)
+    pushed = []
+    for refresh in (False, True):  # a rebuild of the same layers: a new generation of each
+        chain = [e for e, _ in build_chain(cache, base, None, Writer(1, 1), Writer(2, 2),
+                                           ages=True, refresh=refresh)]  # fmt: skip
+        shared.push(cache, chain, None, {"a": "SLOT-A", "b": "SLOT-B"})
+        pushed.append(chain)
+    host, repository = parse_location(where)
+    # Something else in the repository, not one of ours: never touched.
+    with RegistryClient(host) as client:
+        client.push_blob(repository, artifact.EMPTY_DIGEST, 2, lambda: io.BytesIO(b"{}"))
+        foreign = json.dumps({"schemaVersion": 2, "mediaType": artifact.MANIFEST, "config": {
+            "mediaType": artifact.EMPTY, "digest": artifact.EMPTY_DIGEST, "size": 2},
+            "layers": []}).encode()  # fmt: skip
+        client.push_manifest(repository, "someone-else", artifact.MANIFEST, foreign)
+    assert {f.tag for f in listing(shared)} == {e.key for c in pushed for e in c}
+    (old_a, old_b), (new_a, new_b) = pushed
+    assert old_a.key == new_a.key  # one key, one tag: the rebuild replaced it
+    # b's newest stays, with the a it lies on; the older b goes.
+    gone = prune(shared, {"SLOT-B"}, set(), keep=1)
+    assert {f.tag for f in gone} == {old_b.key}
+    # A matrix without b any more: every b goes, a stays.
+    assert {f.tag for f in prune(shared, {"SLOT-A"}, set(), keep=1)} == {new_b.key}
+    with RegistryClient(host) as client:
+        assert client.find_manifest(repository, new_a.key) is not None
+        assert client.find_manifest(repository, new_b.key) is None
+        assert client.find_manifest(repository, old_b.key) is None
+        assert client.find_manifest(repository, "someone-else") is not None
