@@ -3,6 +3,10 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+# Zuul (from PyPI) in a venv of its own, its many pins kept away from ours: the fleet tests check
+# the Zuul jobs `assembler matrix --emit zuul` writes with Zuul's own configuration schemas.
+ZUUL_VENV := .venv-zuul
+ZUUL_VERSION := 14.3.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Host packages: libguestfs and its Python bindings (Debian's only), a kernel for the appliance,
@@ -36,9 +40,9 @@ IMAGE_ARGS = $(if $(GUEST_OS),--guest-os $(GUEST_OS)) $(if $(RELEASE),--release 
 	$(if $(FORMAT),--format $(FORMAT)) $(if $(BASE),--base $(BASE)) $(if $(SIZE),--size $(SIZE)) \
 	$(if $(MIRROR),--mirror $(MIRROR)) $(if $(NO_BOOT_TEST),--no-boot-test,--boot-test)
 
-.PHONY: setup apt-packages venv test test-all unit lint image bench clean
+.PHONY: setup apt-packages venv zuul-venv test test-all unit lint image bench clean
 
-setup: apt-packages venv
+setup: apt-packages venv zuul-venv
 
 apt-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -57,6 +61,13 @@ apt-packages:
 	@$(SUDO) pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/' || true
 
 venv: $(VENV)/.installed
+
+zuul-venv: $(ZUUL_VENV)/.installed-$(ZUUL_VERSION)
+
+$(ZUUL_VENV)/.installed-$(ZUUL_VERSION):
+	@[ -x $(ZUUL_VENV)/bin/python ] || $(PYTHON) -m venv $(ZUUL_VENV)
+	$(ZUUL_VENV)/bin/python -m pip install -q 'zuul==$(ZUUL_VERSION)'
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	@[ -x $(VPY) ] || $(PYTHON) -m venv --system-site-packages $(VENV)

@@ -265,3 +265,41 @@ def test_prune_keeps_the_newest_of_each_current_slot_and_what_they_lie_on() -> N
     # sys3 is S's newest; cfgB C's newest, and it lies on sys1, which stays for it.
     assert gone == {"sys2", "cfgA", "old", "r2"}
     assert {f.tag for f in choose(listing, {"S", "C"}, {"r1", "r2"}, keep=2)} == {"old"}
+
+
+ZUUL_PYTHON = Path(__file__).resolve().parents[2] / ".venv-zuul" / "bin" / "python"
+# Zuul's own schemas: a job as its JobParser reads one, a project as its ProjectParser does
+# (the parser's context is only needed for what the schema leaves to later checks).
+ZUUL_CHECK = """
+import sys, yaml
+from zuul.configloader import JobParser, ProjectParser
+config = next(yaml.safe_load_all(open(sys.argv[1])))
+project = ProjectParser.__new__(ProjectParser)
+project.pcontext = None
+for item in config:
+    if "job" in item:
+        JobParser.schema(item["job"])
+    else:
+        project.getSchema()(item["project"])
+"""
+
+
+def zuul_check(path: Path) -> subprocess.CompletedProcess[str]:
+    assert ZUUL_PYTHON.exists(), "Zuul's venv is missing: run `make setup`"
+    return subprocess.run([ZUUL_PYTHON, "-c", ZUUL_CHECK, path],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+def test_the_zuul_jobs_pass_zuul_s_own_schemas(tmp_path: Path) -> None:
+    m, planned = planned_four(tmp_path)
+    text = emit.zuul(m, planned)
+    out = tmp_path / "zuul.yaml"
+    out.write_text(text)
+    result = zuul_check(out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = next(yaml.safe_load_all(text))
+    config[1]["job"]["dependencies"] = "trove-image-x"  # a list, in Zuul's schema
+    config[2]["job"]["timeout"] = "long"
+    out.write_text(yaml.safe_dump(config))
+    refused = zuul_check(out)
+    assert refused.returncode != 0 and "MultipleInvalid" in refused.stderr
