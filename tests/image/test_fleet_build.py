@@ -73,8 +73,11 @@ def test_a_runner_with_empty_caches_builds_nothing_another_pushed(
     assert [s["name"] for s in second["steps"]] == ["convert"]
     assert "base " in two.stderr and "pulled from" in two.stderr
     assert second["base"]["sha256"] == first["base"]["sha256"]
-    # The same image, bit for bit, and the built-at times of the layers it was made of.
-    assert second["output"]["sha256"] == first["output"]["sha256"]
+    # The same disk as the guest sees it (a compressed qcow2's clusters may lie in another
+    # order: qemu-img compresses in parallel), and the built-at times of its layers.
+    same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", one_out, two_out],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert same.returncode == 0, same.stdout + same.stderr
     assert [x["built_at"] for x in second["layers"]] == [x["built_at"] for x in first["layers"]]
     # Nothing of the pull left beside the caches.
     assert not list(empty.rglob("*.partial*")) and not list(empty.rglob("pull-*"))
