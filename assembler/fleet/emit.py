@@ -29,6 +29,8 @@ TOOL = ".venv/bin/python -m assembler"
 # GitHub: the repository's variables may say how to run the tool and set it up on a runner.
 GH_TOOL = "${{ vars.ASSEMBLER || '.venv/bin/python -m assembler' }}"
 GH_SETUP = "${{ vars.ASSEMBLER_SETUP || 'make setup' }}"
+# Self-hosted, run-only: no checkout action, so the steps run where the matrix file is.
+GH_WORKDIR = "${{ vars.ASSEMBLER_WORKDIR || github.workspace }}"
 IMAGE = "trove-image-assembler:latest"  # a container image with the tool (the operator's)
 
 
@@ -95,6 +97,9 @@ def _github(matrix: Matrix, planned: list[Planned], hosted: bool) -> str:
             },
             "steps": steps,
         }
+    if not hosted:
+        for job in jobs.values():
+            job["defaults"] = {"run": {"working-directory": GH_WORKDIR}}
     workflow = {
         "name": "trove guest images",
         "on": {"workflow_dispatch": {}, "push": {"paths": [matrix.path.as_posix()]}},

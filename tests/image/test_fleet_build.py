@@ -116,6 +116,7 @@ def test_the_emitted_run_only_workflow_runs_under_act(
         proc = subprocess.run(
             [act, "push", "-P", "self-hosted=-self-hosted", "--no-cache-server",
              "--concurrent-jobs", "2", "--var", f"ASSEMBLER={tool}", "--var", "ASSEMBLER_SETUP=true",
+             "--var", f"ASSEMBLER_WORKDIR={repo}",
              "--env", f"PYTHONPATH={PROJECT}", "--env", "ASSEMBLER_ACCEL=tcg",
              "--env", "DIB_CLOUD_INIT_ETC_HOSTS=false"],
             cwd=repo, capture_output=True, text=True, timeout=1800, check=False,
@@ -133,10 +134,10 @@ def test_the_emitted_run_only_workflow_runs_under_act(
     def first(text: str) -> int:
         return next(i for i, line in enumerate(out) if text in line)
 
-    assert first("[images.yaml/plan]") < first("[images.yaml/stage-1")
-    assert first("[images.yaml/stage-1") < first("[images.yaml/stage-2")
-    starts = [first(f"[images.yaml/stage-2-{i}] ⭐ Run Main") for i in (1, 2)]
-    ends = [first(f"[images.yaml/stage-2-{i}] 🏁  Job succeeded") for i in (1, 2)]
+    assert first("[trove guest images/plan]") < first("[trove guest images/stage-1")
+    assert first("[trove guest images/stage-1") < first("[trove guest images/stage-2")
+    starts = [first(f"[trove guest images/stage-2-{i}] ⭐ Run Main") for i in (1, 2)]
+    ends = [first(f"[trove guest images/stage-2-{i}] 🏁  Job succeeded") for i in (1, 2)]
     assert max(starts) < min(ends), "\n".join(out[-80:])
     # Every cell's layers went to the registry (its system, config and agent layers).
     layers = manifest_of(images / "bookworm-production-none-raw.raw")["layers"]
