@@ -58,15 +58,11 @@ def fresh_caches(root: Path, packages_from: Path | None = None) -> dict[str, str
     case, another run's host package cache): the environment a cold build runs in."""
     from assembler.paths import cache_dir
 
-    mine = cache_dir()
-    xdg = root / "trove-image-assembler"
-    xdg.mkdir(parents=True)
-    for name in KEPT_CACHES:
-        if (mine / name).exists():
-            (xdg / name).symlink_to(mine / name)
+    env = fleet.runner_caches(root, KEPT_CACHES)
     if packages_from is not None:
-        (xdg / "packages").symlink_to(packages_from / "trove-image-assembler" / "packages")
-    return {"XDG_CACHE_HOME": str(root)}
+        ours = root / cache_dir().name
+        (ours / "packages").symlink_to(packages_from / "trove-image-assembler" / "packages")
+    return {"XDG_CACHE_HOME": env["XDG_CACHE_HOME"]}
 
 
 def assembler(*args: str, env: dict[str, str] | None = None) -> tuple[float, str]:

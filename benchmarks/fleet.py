@@ -34,7 +34,7 @@ args = ["--base", "archive", "--size", "{size}"]
 """
 
 
-def _env(xdg: Path, keep: tuple[str, ...]) -> dict[str, str]:
+def runner_caches(xdg: Path, keep: tuple[str, ...]) -> dict[str, str]:
     """A runner's own caches: empty but for `keep` (linked from this machine's)."""
     from assembler.paths import cache_dir
 
@@ -79,10 +79,10 @@ def run(work: Path, log: Any) -> dict[str, list[dict[str, Any]]]:
     with Registry() as registry:
         where = f"{registry.host}/bench/layers"
         log("fleet: cold build on runner one, pushing to the registry")
-        one = _env(work / "runner-1", ("bases", "wheelhouses", "agent"))
+        one = runner_caches(work / "runner-1", ("bases", "wheelhouses", "agent"))
         runs["fleet cold"] = [_build(work / "one.qcow2", one, "--cache-registry", where)]
         log("fleet: runner two, empty caches (layers, packages, base), warm registry")
-        two = _env(work / "runner-2", ("wheelhouses", "agent"))
+        two = runner_caches(work / "runner-2", ("wheelhouses", "agent"))
         runs["registry-warm"] = [_build(work / "two.qcow2", two, "--cache-registry", where)]
     with Registry() as registry:
         where = f"{registry.host}/bench/matrix"
@@ -96,7 +96,9 @@ def run(work: Path, log: Any) -> dict[str, list[dict[str, Any]]]:
             ).stdout
         )  # fmt: skip
         log(f"fleet: a four-cell matrix on two workers, stages {plan['stages']}")
-        workers = [_env(work / f"worker-{i}", ("bases", "wheelhouses", "agent")) for i in (1, 2)]
+        workers = [
+            runner_caches(work / f"worker-{i}", ("bases", "wheelhouses", "agent")) for i in (1, 2)
+        ]
         started = time.monotonic()
         cells: list[dict[str, Any]] = []
         for stage in plan["stages"]:

@@ -9,10 +9,12 @@ clusters read slower by every build above it). So: a zstd stream, level 3.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from assembler.manifest import sha256_file
 from assembler.run import run
+
+__all__ = ["pack", "sha256_file", "unpack"]
 
 LEVEL = 3
 
@@ -24,11 +26,3 @@ def pack(src: Path, dest: Path) -> None:
 
 def unpack(src: Path, dest: Path) -> None:
     run(["zstd", "-q", "-f", "-d", src, "-o", dest])  # sparse where the disk holds zeros
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
