@@ -238,32 +238,32 @@ class LayerCache:
         final = self.root / f"{key}.{generation}.qcow2"
         tmp = leftovers.partial(final.with_suffix(""), ".qcow2")
         try:
-            backing = self.link_parent(parent)
-            run([
-                "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
-                "-F", parent.format, "-b", backing, tmp,
-                *([str(size)] if size else []),
-            ])  # fmt: skip
-            try:
-                record = build(tmp)
-            except (AssemblerError, RuntimeError, OSError) as exc:
-                if not cancel.cancelled():  # a stopped appliance fails its call as well
-                    where = (self.root, leftovers.run_dir())
-                    diskspace.check(where, f"building the {name} layer", exc)
-                raise
-            entry = Entry(
-                key=key,
-                name=name,
-                generation=generation,
-                parent=parent.ident,
-                parent_path=str(parent.path.absolute()),
-                created=time.time(),
-                ages=ages,
-                inputs=inputs,
-                record=record,
-                backing=backing,
-            )
-            entry = self._publish(entry, tmp)
+            with self._lying_on(parent) as backing:
+                run([
+                    "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
+                    "-F", parent.format, "-b", backing, tmp,
+                    *([str(size)] if size else []),
+                ])  # fmt: skip
+                try:
+                    record = build(tmp)
+                except (AssemblerError, RuntimeError, OSError) as exc:
+                    if not cancel.cancelled():  # a stopped appliance fails its call as well
+                        where = (self.root, leftovers.run_dir())
+                        diskspace.check(where, f"building the {name} layer", exc)
+                    raise
+                entry = Entry(
+                    key=key,
+                    name=name,
+                    generation=generation,
+                    parent=parent.ident,
+                    parent_path=str(parent.path.absolute()),
+                    created=time.time(),
+                    ages=ages,
+                    inputs=inputs,
+                    record=record,
+                    backing=backing,
+                )
+                entry = self._publish(entry, tmp)
         finally:
             tmp.unlink(missing_ok=True)
         return entry
@@ -284,22 +284,53 @@ class LayerCache:
         against entry.sha256) as the current entry of its key; called under its build lock,
         as from `remote`. Its backing file must be the name this cache gives `parent`: an
         overlay naming anything else (another file, an absolute path) is refused."""
-        backing = self.link_parent(parent)
-        info = json.loads(run(["qemu-img", "info", "--output=json", "-U", overlay]))
-        named = (
-            info.get("format"),
-            info.get("backing-filename"),
-            info.get("backing-filename-format"),
-        )
-        if named != ("qcow2", backing, parent.format) or "data-file" in json.dumps(info):
-            raise UnusableLayer(
-                f"the {entry.name} layer {entry.key[:12]} names {named[1]!r} "
-                f"({named[2]}) as its parent, not {backing!r} ({parent.format})"
+        with self._lying_on(parent) as backing:
+            info = json.loads(run(["qemu-img", "info", "--output=json", "-U", overlay]))
+            named = (
+                info.get("format"),
+                info.get("backing-filename"),
+                info.get("backing-filename-format"),
             )
-        entry = replace(
-            entry, parent=parent.ident, parent_path=str(parent.path.absolute()), backing=backing
-        )
-        return self._publish(entry, overlay)
+            if named != ("qcow2", backing, parent.format) or "data-file" in json.dumps(info):
+                raise UnusableLayer(
+                    f"the {entry.name} layer {entry.key[:12]} names {named[1]!r} "
+                    f"({named[2]}) as its parent, not {backing!r} ({parent.format})"
+                )
+            entry = replace(
+                entry, parent=parent.ident, parent_path=str(parent.path.absolute()), backing=backing
+            )
+            return self._publish(entry, overlay)
+
+    @contextlib.contextmanager
+    def _lying_on(self, parent: Parent) -> Iterator[str]:
+        """The parent's name for an overlay being made on it (link_parent), held while it is
+        made. A base's link this made is taken away again if the overlay never becomes an
+        entry (a failed or interrupted build leaves nothing), unless another build is lying
+        on it too (its shared lock) or an entry names it."""
+        link = f"{BASE_LINK_PREFIX}{parent.ident}.{parent.format}"
+        if parent.file_name != link:
+            yield self.link_parent(parent)
+            return
+        with (self.root / f"{BASE_LINK_PREFIX}{parent.ident}.lock").open("a") as handle:
+            _flock(handle, fcntl.LOCK_SH, f"the link to base {parent.ident[:12]}")
+            made = not (self.root / link).is_symlink()
+            try:
+                yield self.link_parent(parent)
+            except BaseException:
+                if made:
+                    self._drop_link(handle, link)
+                raise
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _drop_link(self, handle: IO[str], link: str) -> None:
+        try:
+            # Exclusive only if no other build holds the link's shared lock.
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        if not any(e.backing == link for e in self.entries()):
+            (self.root / link).unlink(missing_ok=True)
 
     def link_parent(self, parent: Parent) -> str:
         """How an overlay here names the parent: its file name when it lies in this cache,

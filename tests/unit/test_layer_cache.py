@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -170,13 +171,43 @@ def test_a_failed_build_leaves_nothing(cache: LayerCache, base: Parent) -> None:
 
     with pytest.raises(RuntimeError), cache.layer("a", base, {"x": 1}, broken):
         pass
-    leftovers = [p.name for p in cache.root.iterdir() if not p.name.endswith(".lock")]
-    # Only the link to the base (made before the build, harmless: it holds no data).
-    assert leftovers == [base.file_name]
-    assert (cache.root / base.file_name).resolve() == base.path.resolve()
+    # Not even the link to the base the overlay was made on.
+    assert [p.name for p in cache.root.iterdir() if not p.name.endswith(".lock")] == []
     a = Writer(0x41, 1)
     with cache.layer("a", base, {"x": 1}, a) as (_, hit):
         assert not hit and a.calls == 1
+
+
+def test_a_failed_build_keeps_the_base_link_another_build_lies_on(
+    cache: LayerCache, base: Parent
+) -> None:
+    building, fail_now = threading.Event(), threading.Event()
+    b = Writer(0x42, 2)
+
+    def slow_b(overlay: Path) -> dict[str, Any]:
+        building.set()
+        assert fail_now.wait(30)
+        return b(overlay)
+
+    def b_layer() -> None:
+        with cache.layer("b", base, {"y": 1}, slow_b):
+            pass
+
+    def broken(overlay: Path) -> dict[str, Any]:
+        other.start()  # b on the same base, while this build (which made the link) runs
+        assert building.wait(30)
+        raise RuntimeError("step failed")
+
+    other = threading.Thread(target=b_layer)
+    with pytest.raises(RuntimeError), cache.layer("a", base, {"x": 1}, broken):
+        pass
+    assert (cache.root / base.file_name).is_symlink()  # b holds it: kept
+    fail_now.set()
+    other.join(30)
+    (eb,) = cache.entries()
+    assert (
+        eb.name == "b" and reads(cache.overlay(eb), 0x42, 2) and reads(cache.overlay(eb), 0x11, 0)
+    )
 
 
 def test_a_layer_whose_parent_is_gone_is_a_miss(cache: LayerCache, base: Parent) -> None:
