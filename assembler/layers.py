@@ -65,10 +65,15 @@ class Parent:
     ident: str  # the base's sha256, or the parent entry's id (key and generation)
 
     @property
+    def is_base(self) -> bool:
+        """The base image, not a cached layer (whose file is named by its entry's id)."""
+        return self.path.name != f"{self.ident}.qcow2"
+
+    @property
     def file_name(self) -> str:
         """What an overlay on it names as its backing file: a layer's own file name, or the
         base's link, named by its digest."""
-        if self.path.name == f"{self.ident}.qcow2":
+        if not self.is_base:
             return self.path.name
         return f"{BASE_LINK_PREFIX}{self.ident}.{self.format}"
 
@@ -216,11 +221,11 @@ class LayerCache:
             yield entry, hit
 
     @contextlib.contextmanager
-    def _locked(self, key: str, suffix: str, mode: int, what: str) -> Iterator[None]:
+    def _locked(self, key: str, suffix: str, mode: int, what: str) -> Iterator[IO[str]]:
         with (self.root / f"{key}.{suffix}").open("a") as handle:
             _flock(handle, mode, what)
             try:
-                yield
+                yield handle
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -307,21 +312,19 @@ class LayerCache:
         made. A base's link this made is taken away again if the overlay never becomes an
         entry (a failed or interrupted build leaves nothing), unless another build is lying
         on it too (its shared lock) or an entry names it."""
-        link = f"{BASE_LINK_PREFIX}{parent.ident}.{parent.format}"
-        if parent.file_name != link:
+        if not parent.is_base:
             yield self.link_parent(parent)
             return
-        with (self.root / f"{BASE_LINK_PREFIX}{parent.ident}.lock").open("a") as handle:
-            _flock(handle, fcntl.LOCK_SH, f"the link to base {parent.ident[:12]}")
+        what = f"the link to base {parent.ident[:12]}"
+        link = parent.file_name
+        with self._locked(f"{BASE_LINK_PREFIX}{parent.ident}", "lock", fcntl.LOCK_SH, what) as h:
             made = not (self.root / link).is_symlink()
             try:
                 yield self.link_parent(parent)
             except BaseException:
                 if made:
-                    self._drop_link(handle, link)
+                    self._drop_link(h, link)
                 raise
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _drop_link(self, handle: IO[str], link: str) -> None:
         try:
@@ -343,7 +346,7 @@ class LayerCache:
         target = parent.path.absolute()
         if here.absolute() == target:
             return name
-        if name != f"{BASE_LINK_PREFIX}{parent.ident}.{parent.format}":
+        if not parent.is_base:
             return str(target)
         if here.is_symlink() and Path(os.readlink(here)) == target:
             return name
